@@ -1,0 +1,268 @@
+"""One configuration schema for every stage of recon.
+
+Configs are plain dataclasses. They load from YAML (``configs/*.yaml``) and take
+``section.key=value`` overrides from the command line. Nothing reads a global:
+each stage receives the section it needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from recon.errors import InputError
+
+
+@dataclass
+class EncodingConfig:
+    """Grid encoding of points in [0, 1]^3 (field names follow tiny-cuda-nn)."""
+
+    type: Literal["hashgrid", "densegrid"] = "hashgrid"
+    """Which encoding: multi-resolution hash grid or one dense feature grid."""
+    n_levels: int = 16
+    """Hash grid: number of resolution levels."""
+    n_features_per_level: int = 2
+    """Hash grid: features stored per vertex and level."""
+    log2_hashmap_size: int = 19
+    """Hash grid: log2 of the number of vertices a level may hold."""
+    base_resolution: int = 16
+    """Hash grid: resolution of the coarsest level."""
+    finest_resolution: int = 2048
+    """Hash grid: resolution of the finest level (sets the per-level scale)."""
+    interpolation: Literal["linear", "smoothstep"] = "linear"
+    """Interpolation weights: trilinear, or trilinear of smoothstep(frac)."""
+    dense_resolution: int = 0
+    """Dense grid: vertices per axis; 0 matches the hash grid's parameter count."""
+    dense_features: int = 8
+    """Dense grid: features per vertex."""
+    init_scale: float = 1e-4
+    """Parameters start uniform in [-init_scale, init_scale]."""
+    backend: Literal["auto", "torch", "tcnn"] = "auto"
+    """auto: tinycudann on CUDA when it imports, else pure PyTorch."""
+
+    @property
+    def per_level_scale(self) -> float:
+        """Growth factor b between levels: exp(ln(finest / base) / (L - 1))."""
+        if self.n_levels <= 1:
+            return 1.0
+        return math.exp(math.log(self.finest_resolution / self.base_resolution) / (self.n_levels - 1))
+
+
+@dataclass
+class FieldConfig:
+    """SDF MLP and colour MLP (MonoSDF / IDR layout)."""
+
+    hidden_dim: int = 64
+    """Width of the SDF MLP's hidden layers (MonoSDF: 256)."""
+    n_hidden_layers: int = 2
+    """Hidden layers of the SDF MLP."""
+    feature_dim: int = 64
+    """Size of the geometry feature passed to the colour MLP (MonoSDF: 256)."""
+    pe_frequencies: int = 6
+    """Positional-encoding frequencies of x in the SDF MLP's input."""
+    softplus_beta: float = 100.0
+    """Beta of the Softplus activation."""
+    weight_norm: bool = True
+    """Weight normalisation on the SDF MLP's linear layers."""
+    sphere_radius: float = 0.6
+    """Geometric initialisation: the SDF starts as a sphere of this radius."""
+    inside_outside: bool = False
+    """Flip the initial sphere (camera inside, for rooms)."""
+    color_hidden_dim: int = 64
+    """Width of the colour MLP's hidden layers (MonoSDF: 256)."""
+    color_hidden_layers: int = 2
+    """Hidden layers of the colour MLP."""
+    view_pe_frequencies: int = 4
+    """Positional-encoding frequencies of the view direction."""
+    appearance_dim: int = 0
+    """Per-image appearance embedding size (0: none; MonoSDF: 32)."""
+
+
+@dataclass
+class RenderConfig:
+    """Density, sampler and compositing."""
+
+    density: Literal["laplace", "neus"] = "laplace"
+    """VolSDF's Laplace-CDF density, or NeuS's logistic form."""
+    beta_init: float = 0.1
+    """Initial Laplace scale beta (NeuS: 1 / initial s)."""
+    beta_min: float = 1e-4
+    """Floor of beta."""
+    n_eval: int = 64
+    """Error-bounded sampler: samples per ray at which the SDF is evaluated."""
+    n_importance: int = 32
+    """Samples drawn from the final weights."""
+    n_extra: int = 16
+    """Samples kept from the evaluation set (with the importance samples: the rendered set)."""
+    eps: float = 0.1
+    """Error-bounded sampler: bound on the opacity error."""
+    n_bisection: int = 10
+    """Error-bounded sampler: bisection steps on beta."""
+    max_rounds: int = 5
+    """Error-bounded sampler: upsampling rounds."""
+    scene_radius: float = 1.0
+    """Rays are cut to this sphere (the normalised scene)."""
+    background: Literal["white", "black"] = "black"
+    """Colour composited behind the surface when masks are not used."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation."""
+
+    iters: int = 3000
+    """Optimisation steps."""
+    batch_rays: int = 512
+    """Rays per step, from random pixels of random images."""
+    lr: float = 5e-4
+    """Learning rate of the MLPs."""
+    grid_lr_factor: float = 20.0
+    """Grid parameters learn this many times faster."""
+    lr_final_factor: float = 0.1
+    """Exponential decay to this fraction of the learning rate over the run."""
+    warmup_iters: int = 0
+    """Linear learning-rate warm-up."""
+    eikonal_weight: float = 0.1
+    """Weight of the eikonal loss."""
+    mask_weight: float = 0.1
+    """Weight of the mask BCE (when masks exist)."""
+    smooth_weight: float = 0.005
+    """Weight of the normal smoothness loss."""
+    seed: int = 0
+    """Random seed."""
+    device: str = "auto"
+    """auto, cpu or cuda."""
+    log_every: int = 50
+    """Steps between lines of the metrics log."""
+    val_every: int = 500
+    """Steps between validation renders (0: only at the end)."""
+    ckpt_every: int = 500
+    """Steps between checkpoints."""
+    val_downscale: int = 2
+    """Validation renders at 1/val_downscale of the image size."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default)."""
+
+
+@dataclass
+class MeshConfig:
+    """Marching-cubes extraction."""
+
+    resolution: int = 256
+    """Grid vertices per axis over the bounding box."""
+    block_size: int = 64
+    """Vertices per axis evaluated at once."""
+    level: float = 0.0
+    """Iso-level of the SDF."""
+    largest_component: bool = False
+    """Keep only the largest connected component."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs."""
+
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)
+    field: FieldConfig = field(default_factory=FieldConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of a config (for YAML and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the annotated field type."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise InputError(where, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise InputError(where, f"expects {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def _section_types(section: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
+
+
+def apply_dict(cfg: Config, data: dict[str, Any], source: str) -> Config:
+    """Set the fields named in a nested dict; unknown keys raise ``InputError``."""
+    if not isinstance(data, dict):
+        raise InputError(source, "must hold a mapping of sections")
+    for section_name, values in data.items():
+        section = getattr(cfg, section_name, None) if section_name in _section_names() else None
+        if section is None:
+            raise InputError(source, f"unknown config section {section_name!r} (known: {', '.join(_section_names())})")
+        if not isinstance(values, dict):
+            raise InputError(source, f"section {section_name!r} must be a mapping")
+        types = _section_types(section)
+        for key, value in values.items():
+            if key not in types:
+                raise InputError(source, f"unknown config key {section_name}.{key}")
+            setattr(section, key, _coerce(value, types[key], f"{source}: {section_name}.{key}"))
+    return cfg
+
+
+def _section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``'train.iters=100'`` -> ``{'train': {'iters': '100'}}`` (YAML-typed value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise InputError(text, "overrides look like section.key=value, e.g. train.iters=500")
+    key, raw = text.split("=", 1)
+    section, name = key.split(".", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    return {section: {name: value}}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise InputError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+        apply_dict(cfg, data, str(path))
+    for text in overrides or []:
+        apply_dict(cfg, parse_override(text), text)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a config saved with ``config_to_dict``."""
+    return apply_dict(Config(), data, source)
