@@ -94,6 +94,8 @@ class RenderConfig:
     """Initial Laplace scale beta (NeuS: 1 / initial s)."""
     beta_min: float = 1e-4
     """Floor of beta."""
+    sampler: Literal["error_bounded", "surface_guided"] = "surface_guided"
+    """VolSDF's error-bounded sampler, or coarse search for the first surface crossing and dense samples around it."""
     n_eval: int = 64
     """Error-bounded sampler: samples per ray at which the SDF is evaluated."""
     n_importance: int = 32

@@ -1,0 +1,159 @@
+"""Volume rendering of a ``NeuralSDF`` along rays: samples -> density -> rgb, depth, normal, opacity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recon.config import RenderConfig
+from recon.fields import NeuralSDF
+from recon.render.compositing import (
+    alpha_from_density,
+    centred_deltas_from_t,
+    composite,
+    weights_from_alpha,
+)
+from recon.render.density import LearnableBeta, LearnableInvS, laplace_density, neus_alpha
+from recon.render.samplers import error_bounded_sample, ray_sphere_near_far, surface_guided_sample
+
+SAMPLERS = {"error_bounded": error_bounded_sample, "surface_guided": surface_guided_sample}
+
+
+@dataclass
+class RenderOutput:
+    """Per-ray results (R rays, S samples per ray).
+
+    rgb (R, 3) composited over the background; depth (R,) sum of weight x distance along
+    the unit ray direction (divide by opacity for the expected hit distance); normal (R, 3) world-space, weighted by the sample weights;
+    opacity (R,); weights (R, S); gradients (R, S, 3) of the SDF at the samples
+    (differentiable when training, for the eikonal loss); hit (R,) rays that meet
+    the scene sphere.
+    """
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+    normal: torch.Tensor
+    opacity: torch.Tensor
+    weights: torch.Tensor
+    gradients: torch.Tensor
+    hit: torch.Tensor
+
+
+class Density(nn.Module):
+    """The learnable density: VolSDF's Laplace (beta) or NeuS's logistic (inv_s)."""
+
+    def __init__(self, cfg: RenderConfig) -> None:
+        super().__init__()
+        self.kind = cfg.density
+        self.beta = LearnableBeta(cfg.beta_init, cfg.beta_min) if cfg.density == "laplace" else None
+        self.inv_s = LearnableInvS(cfg.beta_init, cfg.beta_min) if cfg.density == "neus" else None
+
+    def current_beta(self) -> torch.Tensor:
+        """Laplace beta, or the NeuS equivalent 1 / s (used by the sampler)."""
+        if self.beta is not None:
+            return self.beta()
+        return 1.0 / self.inv_s()
+
+    def alpha(self, sdf: torch.Tensor, cos: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+        """Per-sample opacity (R, S) from sdf, cos(dir, gradient) and interval lengths (R, S)."""
+        if self.beta is not None:
+            return alpha_from_density(laplace_density(sdf, self.beta()), deltas)
+        return neus_alpha(sdf, cos, deltas, self.inv_s())
+
+
+def render_rays(
+    field: NeuralSDF,
+    density: Density,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    cfg: RenderConfig,
+    background: torch.Tensor,
+    training: bool,
+    image_index: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> RenderOutput:
+    """Render rays (R, 3) origins and unit directions; ``background`` (3,) fills what is not opaque.
+
+    ``training`` jitters the samples and keeps the SDF gradients differentiable (for the eikonal
+    loss); ``image_index`` (R,) selects per-image appearance codes.
+    """
+    n_rays = origins.shape[0]
+    near, far, hit = ray_sphere_near_far(origins, dirs, cfg.scene_radius)
+    out = _empty_output(n_rays, origins, hit)
+    if hit.any():
+        index = hit.nonzero(as_tuple=True)[0]
+        rays_index = image_index[index] if image_index is not None else None
+        inner = _render_hits(
+            field, density, origins[index], dirs[index], near[index], far[index], cfg, training, rays_index, generator
+        )
+        out = _scatter(out, inner, index)
+    out.rgb = out.rgb + (1.0 - out.opacity[:, None]) * background
+    return out
+
+
+def _render_hits(
+    field: NeuralSDF,
+    density: Density,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    near: torch.Tensor,
+    far: torch.Tensor,
+    cfg: RenderConfig,
+    training: bool,
+    image_index: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> RenderOutput:
+    with torch.no_grad():
+        beta = float(density.current_beta())
+        sampler = SAMPLERS[cfg.sampler]
+        t = sampler(field.sdf, origins, dirs, near, far, beta, cfg, perturb=training, generator=generator)
+    n_rays, n_samples = t.shape
+    points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
+    sdf, feature, gradient = field.sdf_feature_gradient(points.reshape(-1, 3), create_graph=training)
+    normals = F.normalize(gradient, dim=-1)
+    view = dirs[:, None, :].expand(n_rays, n_samples, 3).reshape(-1, 3)
+    sample_index = None if image_index is None else image_index[:, None].expand(n_rays, n_samples).reshape(-1)
+    rgb = field.color_net(points.reshape(-1, 3), view, normals, feature, sample_index).view(n_rays, n_samples, 3)
+    cos = (gradient * view).sum(-1).view(n_rays, n_samples)
+    alpha = density.alpha(sdf.view(n_rays, n_samples), cos, centred_deltas_from_t(t, near[:, None], far[:, None]))
+    weights = weights_from_alpha(alpha)
+    return RenderOutput(
+        rgb=composite(weights, rgb),
+        depth=composite(weights, t[..., None])[:, 0],
+        normal=composite(weights, normals.view(n_rays, n_samples, 3)),
+        opacity=weights.sum(-1),
+        weights=weights,
+        gradients=gradient.view(n_rays, n_samples, 3),
+        hit=torch.ones(n_rays, dtype=torch.bool, device=origins.device),
+    )
+
+
+def _empty_output(n_rays: int, like: torch.Tensor, hit: torch.Tensor) -> RenderOutput:
+    zeros = like.new_zeros
+    return RenderOutput(
+        rgb=zeros(n_rays, 3),
+        depth=zeros(n_rays),
+        normal=zeros(n_rays, 3),
+        opacity=zeros(n_rays),
+        weights=zeros(n_rays, 0),
+        gradients=zeros(0, 0, 3),
+        hit=hit,
+    )
+
+
+def _scatter(out: RenderOutput, inner: RenderOutput, index: torch.Tensor) -> RenderOutput:
+    """Place the results of the rays that hit back among all rays."""
+    n_rays = out.rgb.shape[0]
+    weights = inner.weights.new_zeros(n_rays, inner.weights.shape[1]).index_copy(0, index, inner.weights)
+    return RenderOutput(
+        rgb=out.rgb.index_copy(0, index, inner.rgb),
+        depth=out.depth.index_copy(0, index, inner.depth),
+        normal=out.normal.index_copy(0, index, inner.normal),
+        opacity=out.opacity.index_copy(0, index, inner.opacity),
+        weights=weights,
+        gradients=inner.gradients,
+        hit=out.hit,
+    )
