@@ -24,3 +24,33 @@ def tiny_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def shared_data_dir() -> Path:
     """The staged public data (``../shared/data`` beside the repo); may not exist."""
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default synthetic scene at 16 views of 48x48, for short learning tests. Read-only."""
+    from recon.datasets import synthesize
+
+    out = tmp_path_factory.mktemp("small_scene") / "scene"
+    synthesize(out, n_views=16, size=48, seed=1, mesh_resolution=96)
+    return out
+
+
+# Small, fast settings for fits inside tests (section.key=value overrides).
+FAST_FIT = [
+    "encoding.n_levels=6",
+    "encoding.log2_hashmap_size=14",
+    "encoding.finest_resolution=96",
+    "encoding.dense_resolution=32",
+    "encoding.dense_features=4",
+    "field.hidden_dim=32",
+    "field.feature_dim=16",
+    "field.color_hidden_dim=32",
+    "render.n_eval=32",
+    "render.n_importance=16",
+    "render.n_extra=8",
+    "train.batch_rays=256",
+    "train.val_every=0",
+    "train.log_every=10",
+    "mesh.resolution=48",
+]

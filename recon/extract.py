@@ -1,0 +1,78 @@
+"""From a fitted run to a mesh file in world units, scored against ground truth when there is one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trimesh
+
+from recon.errors import InputError
+from recon.io import write_json_atomic
+from recon.mesh import extract_mesh, save_mesh
+from recon.metrics import format_metrics, mesh_metrics
+from recon.train import load_model
+
+
+def load_mesh(path: str | Path) -> trimesh.Trimesh:
+    """Read a triangle mesh; a missing or unreadable file is an ``InputError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "mesh file not found")
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as err:  # noqa: BLE001 - every reader failure is one user-facing error
+        raise InputError(path, f"not a readable mesh ({type(err).__name__}: {err})") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise InputError(path, "holds no triangles")
+    return mesh
+
+
+def extract_run(
+    run_dir: str | Path,
+    output: str | Path,
+    resolution: int | None,
+    largest_component: bool,
+    gt_path: str | Path | None,
+) -> str:
+    """Extract the run's surface to ``output``; return a one-paragraph summary (with metrics if GT exists)."""
+    model = load_model(run_dir)
+    cfg = model.cfg.mesh
+    resolution = resolution or cfg.resolution
+    if resolution < 8:
+        raise InputError("--resolution", f"must be at least 8, got {resolution}")
+    r = model.cfg.render.scene_radius
+    device = next(model.field.parameters()).device
+
+    def sdf_fn(points):
+        return model.field.sdf(points.to(device)).cpu()
+
+    mesh = extract_mesh(
+        sdf_fn,
+        resolution,
+        bbox_min=(-r, -r, -r),
+        bbox_max=(r, r, r),
+        scale_mat=model.scale_mat,
+        block_size=cfg.block_size,
+        level=cfg.level,
+        largest_component=largest_component or cfg.largest_component,
+        progress=True,
+    )
+    if len(mesh.faces) == 0:
+        raise InputError(run_dir, "the fitted SDF has no zero crossing in the scene sphere: no surface to extract")
+    save_mesh(mesh, output)
+    lines = [f"mesh: {output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)"]
+    gt = gt_path or model.meta.get("gt_mesh")
+    if gt and Path(gt).is_file():
+        metrics = mesh_metrics(mesh, load_mesh(gt))
+        write_json_atomic(Path(output).with_suffix(".metrics.json"), metrics)
+        lines.append(f"vs {gt}: {format_metrics(metrics)}")
+    return "\n".join(lines)
+
+
+def evaluate_files(mesh_path: str | Path, gt_path: str | Path, json_path: str | Path | None) -> dict[str, Any]:
+    """Metrics of one mesh file against another; optionally written to ``json_path``."""
+    metrics = mesh_metrics(load_mesh(mesh_path), load_mesh(gt_path))
+    if json_path is not None:
+        write_json_atomic(json_path, metrics)
+    return metrics

@@ -1,0 +1,107 @@
+"""The command line as a user runs it: fit, resume, extract, eval, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST_FIT
+
+
+def recon(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "recon.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tiny_scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    result = recon("fit", tiny_scene_dir, "--encoding", "hashgrid", "--out", run, "--iters", "6", "--quiet", *FAST_FIT)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_fit_writes_a_complete_run_directory(fitted_run: Path):
+    names = {p.name for p in fitted_run.iterdir()}
+    assert {"config.yaml", "meta.json", "metrics.jsonl", "checkpoint.pt", "val"} <= names
+    steps = [json.loads(line)["step"] for line in (fitted_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [6]
+    assert list((fitted_run / "val").glob("step_*.png"))
+    assert not [p for p in fitted_run.rglob(".*") if p.is_file()], "temporary files left behind"
+
+
+def test_rerunning_fit_resumes(fitted_run: Path, tiny_scene_dir: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(fitted_run, run)
+    result = recon("fit", tiny_scene_dir, "--encoding", "hashgrid", "--out", run, "--iters", "12", "--quiet", *FAST_FIT)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [6, 10, 12]
+    assert records[1]["elapsed_s"] >= records[0]["elapsed_s"]
+
+
+def test_resume_refuses_another_encoding(fitted_run: Path, tiny_scene_dir: Path):
+    result = recon("fit", tiny_scene_dir, "--encoding", "densegrid", "--out", fitted_run, "--iters", "8", *FAST_FIT)
+    assert_clean_error(result, "checkpoint.pt", "hashgrid")
+
+
+def test_extract_and_eval(fitted_run: Path, tiny_scene_dir: Path, tmp_path: Path):
+    mesh = tmp_path / "mesh.ply"
+    result = recon("extract", fitted_run, "--resolution", "48", "-o", mesh)
+    assert result.returncode == 0, result.stderr
+    assert mesh.is_file() and "Chamfer" in result.stdout
+    obj = tmp_path / "mesh.obj"
+    assert recon("extract", fitted_run, "--resolution", "32", "-o", obj).returncode == 0
+    result = recon("eval", mesh, "--gt", tiny_scene_dir / "gt_mesh.ply", "--json", tmp_path / "m.json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["chamfer_l1"] > 0 and 0 <= metrics["fscore@0.01"] <= 1
+
+
+def test_help_lists_every_command():
+    out = recon("--help").stdout
+    for command in ("synth", "fit", "extract", "eval", "demo"):
+        assert command in out
+    assert "section.key=value" in recon("fit", "--help").stdout
+
+
+def test_missing_data_folder(tmp_path: Path):
+    result = recon("fit", tmp_path / "nope", "--out", tmp_path / "run", "--iters", "1")
+    assert_clean_error(result, "nope")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_config_key(tiny_scene_dir: Path, tmp_path: Path):
+    result = recon("fit", tiny_scene_dir, "--out", tmp_path / "run", "train.nonsense=3")
+    assert_clean_error(result, "unknown config key train.nonsense")
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_png_leaves_nothing(tiny_scene_dir: Path, tmp_path: Path):
+    scene = tmp_path / "scene"
+    shutil.copytree(tiny_scene_dir, scene)
+    victim = sorted((scene / "image").glob("*.png"))[3]
+    victim.write_bytes(victim.read_bytes()[:40])
+    result = recon("fit", scene, "--out", tmp_path / "run", "--iters", "1")
+    assert_clean_error(result, victim.name)
+    assert not (tmp_path / "run").exists()
+
+
+def test_extract_without_run(tmp_path: Path):
+    result = recon("extract", tmp_path, "--resolution", "32", "-o", tmp_path / "m.ply")
+    assert_clean_error(result, "checkpoint.pt")
+    assert not (tmp_path / "m.ply").exists()

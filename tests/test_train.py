@@ -1,0 +1,44 @@
+"""Training: the learning-rate schedule, and a real learning test for both encodings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST_FIT
+from recon.config import load_config
+from recon.extract import load_mesh
+from recon.mesh import extract_mesh
+from recon.metrics import mesh_metrics
+from recon.train import build_model, fit, load_model, lr_factor
+
+import numpy as np
+
+
+def test_lr_schedule_decays_exponentially_to_the_final_factor():
+    cfg = load_config(None, ["train.iters=100", "train.lr_final_factor=0.1"])
+    assert lr_factor(0, cfg) == pytest.approx(1.0)
+    assert lr_factor(50, cfg) == pytest.approx(0.1**0.5)
+    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    warm = load_config(None, ["train.iters=100", "train.warmup_iters=10"])
+    assert lr_factor(0, warm) == pytest.approx(0.1)
+
+
+def _chamfer(sdf_fn, scale_mat: np.ndarray, gt) -> float:
+    mesh = extract_mesh(sdf_fn, 48, scale_mat=scale_mat)
+    return mesh_metrics(mesh, gt, n_points=20_000)["chamfer_l1_rel"]
+
+
+@pytest.mark.parametrize("encoding", ["hashgrid", "densegrid"])
+def test_a_short_fit_moves_the_surface_towards_the_ground_truth(encoding: str, small_scene_dir: Path, tmp_path: Path):
+    cfg = load_config(None, FAST_FIT + [f"encoding.type={encoding}", "train.iters=250"])
+    gt = load_mesh(small_scene_dir / "gt_mesh.ply")
+    torch.manual_seed(cfg.train.seed)
+    initial_field, _ = build_model(cfg, 16, torch.device("cpu"))
+    fit(small_scene_dir, tmp_path / "run", cfg, progress=False)
+    model = load_model(tmp_path / "run")
+    before = _chamfer(initial_field.sdf, model.scale_mat, gt)
+    after = _chamfer(model.field.sdf, model.scale_mat, gt)
+    assert after < 0.5 * before, (before, after)
