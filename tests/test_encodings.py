@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from recon.errors import InputError
+
 from recon.config import EncodingConfig
 from recon.encodings import GridEncoding, grid, make_encoding, matched_dense_resolution
 from recon.encodings.tcnn_backend import TcnnGridEncoding, tcnn_encoding_config
@@ -382,7 +384,7 @@ def test_factory_picks_torch_on_cpu() -> None:
 
 
 def test_factory_tcnn_on_cpu_is_a_clear_error() -> None:
-    with pytest.raises(RuntimeError, match="tcnn"):
+    with pytest.raises(InputError, match="tcnn"):
         make_encoding(EncodingConfig(backend="tcnn"), torch.device("cpu"))
 
 

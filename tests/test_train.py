@@ -42,3 +42,22 @@ def test_a_short_fit_moves_the_surface_towards_the_ground_truth(encoding: str, s
     before = _chamfer(initial_field.sdf, model.scale_mat, gt)
     after = _chamfer(model.field.sdf, model.scale_mat, gt)
     assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize(
+    "modes",
+    [
+        ["render.density=laplace", "render.sampler=error_bounded"],
+        ["render.density=neus", "render.sampler=surface_guided"],
+        ["render.density=neus", "render.sampler=error_bounded", "render.background=white"],
+        ["encoding.interpolation=smoothstep", "field.appearance_dim=4", "train.warmup_iters=2"],
+    ],
+    ids=["laplace-error_bounded", "neus-surface_guided", "neus-error_bounded-white", "smoothstep-appearance"],
+)
+def test_every_render_mode_trains(modes: list[str], tiny_scene_dir: Path, tmp_path: Path):
+    cfg = load_config(None, FAST_FIT + modes + ["train.iters=8", "train.log_every=4"])
+    fit(tiny_scene_dir, tmp_path / "run", cfg, progress=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    model = load_model(tmp_path / "run")
+    assert model.cfg.render.density == cfg.render.density and model.cfg.render.sampler == cfg.render.sampler

@@ -16,7 +16,7 @@ def make_encoding(cfg: EncodingConfig, device: torch.device | str) -> nn.Module:
     """Build the encoding ``cfg`` describes on ``device``.
 
     backend ``torch``: the pure-PyTorch ``GridEncoding``; ``tcnn``: tiny-cuda-nn (raises
-    ``RuntimeError`` when it cannot be used); ``auto``: tiny-cuda-nn on a CUDA device when
+    ``InputError`` when it cannot be used); ``auto``: tiny-cuda-nn on a CUDA device when
     it imports, else ``GridEncoding``.
     """
     device = torch.device(device)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from recon.config import EncodingConfig
+from recon.errors import InputError
 from recon.encodings.grid import matched_dense_resolution
 
 
@@ -68,9 +69,9 @@ class TcnnGridEncoding(nn.Module):
         tcnn, reason = _import_tcnn()
         device = torch.device(device)
         if tcnn is None:
-            raise RuntimeError(f"encoding backend 'tcnn' needs tinycudann, which does not import ({reason})")
+            raise InputError("encoding.backend", f"'tcnn' needs tinycudann, which does not import ({reason})")
         if device.type != "cuda":
-            raise RuntimeError(f"encoding backend 'tcnn' runs on CUDA only, not on {device}")
+            raise InputError("encoding.backend", f"'tcnn' runs on CUDA only, not on {device}")
         self.config = tcnn_encoding_config(cfg)
         with torch.cuda.device(device):
             encoding = tcnn.Encoding(3, self.config, dtype=torch.float32)
