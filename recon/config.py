@@ -110,8 +110,8 @@ class RenderConfig:
     """Error-bounded sampler: upsampling rounds."""
     scene_radius: float = 1.0
     """Rays are cut to this sphere (the normalised scene)."""
-    background: Literal["white", "black"] = "black"
-    """Colour composited behind the surface when masks are not used."""
+    background: Literal["auto", "white", "black"] = "auto"
+    """Colour behind the surface. auto: the images' border colour when it is uniform, else black."""
 
 
 @dataclass
@@ -146,8 +146,8 @@ class TrainConfig:
     """Steps between validation renders (0: only at the end)."""
     ckpt_every: int = 500
     """Steps between checkpoints."""
-    val_downscale: int = 2
-    """Validation renders at 1/val_downscale of the image size."""
+    val_max_side: int = 160
+    """Validation renders are subsampled to at most this many pixels on their long side."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
 

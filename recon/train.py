@@ -120,6 +120,31 @@ def lr_factor(step: int, cfg: Config) -> float:
     return warm * t.lr_final_factor ** (min(step, t.iters) / max(t.iters, 1))
 
 
+BORDER_UNIFORMITY = 0.05
+"""Largest spread (95th - 5th percentile, colours in [0, 1]) of a border taken as a uniform background."""
+
+
+def background_colour(scene: Scene, mode: str) -> list[float]:
+    """RGB in [0, 1] composited behind the surface.
+
+    ``auto``: the median colour of the images' one-pixel border when that border is
+    uniform (a rendered or masked-out background), else black.
+    """
+    if mode == "white":
+        return [1.0, 1.0, 1.0]
+    if mode == "black":
+        return [0.0, 0.0, 0.0]
+    images = scene.images
+    border = np.concatenate(
+        [images[:, 0].reshape(-1, 3), images[:, -1].reshape(-1, 3), images[:, :, 0].reshape(-1, 3),
+         images[:, :, -1].reshape(-1, 3)]
+    ).astype(np.float32) / 255.0
+    low, high = np.percentile(border, [5, 95], axis=0)
+    if float((high - low).max()) > BORDER_UNIFORMITY:
+        return [0.0, 0.0, 0.0]
+    return np.median(border, axis=0).tolist()
+
+
 @dataclass
 class StepLosses:
     """The terms of one step's loss."""
@@ -145,9 +170,7 @@ class Fitter:
         self.field, self.density = build_model(cfg, scene.n_images, self.device)
         self.optimizer = make_optimizer(self.field, self.density, cfg)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.background = torch.tensor(
-            [1.0, 1.0, 1.0] if cfg.render.background == "white" else [0.0, 0.0, 0.0], device=self.device
-        )
+        self.background = torch.tensor(background_colour(scene, cfg.render.background), device=self.device)
         self.meta = {
             "data_dir": str(data_dir),
             "n_images": scene.n_images,
@@ -155,6 +178,7 @@ class Fitter:
             "scale_mat": scene.scale_mat.tolist(),
             "gt_mesh": str(scene.gt_mesh_path) if scene.gt_mesh_path else None,
             "encoding": cfg.encoding.type,
+            "background": self.background.tolist(),
             "n_params_encoding": sum(p.numel() for p in self.field.grid_parameters()),
             "n_params_total": sum(p.numel() for p in self.field.parameters()),
         }
@@ -169,7 +193,8 @@ class Fitter:
         eik, smooth = self._regularisers(batch, out)
         total = rgb + t.eikonal_weight * eik + t.mask_weight * mask + t.smooth_weight * smooth
         with torch.no_grad():
-            quality = psnr(out.rgb[batch.mask] if use_mask else out.rgb, batch.rgb[batch.mask] if use_mask else batch.rgb)
+            scored = batch.mask if use_mask and bool(batch.mask.any()) else slice(None)
+            quality = psnr(out.rgb[scored], batch.rgb[scored])
         return StepLosses(total, rgb, eik, mask, smooth, quality)
 
     def _regularisers(self, batch: RayBatch, out: RenderOutput) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,8 +276,10 @@ def render_image(
     field: NeuralSDF, density: Density, rays: RaySource, index: int, cfg: Config, background: torch.Tensor,
     chunk: int = 4096,
 ) -> dict[str, Any]:
-    """Render image ``index`` at 1/val_downscale: rgb, target, normal (camera), depth, opacity as arrays."""
-    u, v, h, w = rays.image_pixels(index, cfg.train.val_downscale)
+    """Render image ``index`` (every k-th pixel, long side <= ``val_max_side``) as arrays:
+    rgb, target, normal (camera space), depth (z), opacity."""
+    step = max(1, math.ceil(max(rays.height, rays.width) / cfg.train.val_max_side))
+    u, v, h, w = rays.image_pixels(index, step)
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "target": [], "normal": [], "depth": [], "opacity": []}
     world_to_cam = rays.cam_to_world[index, :3, :3].T
     for start in range(0, u.shape[0], chunk):

@@ -50,9 +50,10 @@ def test_a_short_fit_moves_the_surface_towards_the_ground_truth(encoding: str, s
         ["render.density=laplace", "render.sampler=error_bounded"],
         ["render.density=neus", "render.sampler=surface_guided"],
         ["render.density=neus", "render.sampler=error_bounded", "render.background=white"],
+        ["render.background=black", "train.mask_weight=0"],
         ["encoding.interpolation=smoothstep", "field.appearance_dim=4", "train.warmup_iters=2"],
     ],
-    ids=["laplace-error_bounded", "neus-surface_guided", "neus-error_bounded-white", "smoothstep-appearance"],
+    ids=["laplace-error_bounded", "neus-surface_guided", "neus-error_bounded-white", "black-no-mask-loss", "smoothstep-appearance"],
 )
 def test_every_render_mode_trains(modes: list[str], tiny_scene_dir: Path, tmp_path: Path):
     cfg = load_config(None, FAST_FIT + modes + ["train.iters=8", "train.log_every=4"])
@@ -61,3 +62,22 @@ def test_every_render_mode_trains(modes: list[str], tiny_scene_dir: Path, tmp_pa
     assert len(lines) == 2
     model = load_model(tmp_path / "run")
     assert model.cfg.render.density == cfg.render.density and model.cfg.render.sampler == cfg.render.sampler
+
+
+def _scene_with(images: np.ndarray):
+    from recon.datasets.scene import Scene
+
+    n = images.shape[0]
+    return Scene(images=images, intrinsics=np.tile(np.eye(3), (n, 1, 1)), cam_to_world=np.tile(np.eye(4), (n, 1, 1)),
+                 scale_mat=np.eye(4))
+
+
+def test_background_colour_auto_reads_a_uniform_border():
+    from recon.train import background_colour
+
+    images = np.full((2, 8, 8, 3), 255, dtype=np.uint8)
+    images[:, 2:6, 2:6] = 30
+    assert background_colour(_scene_with(images), "auto") == [1.0, 1.0, 1.0]
+    images[:, :, 0] = np.random.default_rng(0).integers(0, 255, (2, 8, 3))
+    assert background_colour(_scene_with(images), "auto") == [0.0, 0.0, 0.0]
+    assert background_colour(_scene_with(images), "white") == [1.0, 1.0, 1.0]
