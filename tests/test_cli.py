@@ -105,3 +105,15 @@ def test_extract_without_run(tmp_path: Path):
     result = recon("extract", tmp_path, "--resolution", "32", "-o", tmp_path / "m.ply")
     assert_clean_error(result, "checkpoint.pt")
     assert not (tmp_path / "m.ply").exists()
+
+
+def test_synth_writes_a_loadable_scene_and_refuses_to_overwrite(tmp_path: Path):
+    from recon.datasets import load_scene
+
+    out = tmp_path / "scene"
+    result = recon("synth", out, "--views", "4", "--size", "24")
+    assert result.returncode == 0, result.stderr
+    scene = load_scene(out)
+    assert scene.n_images == 4 and (scene.height, scene.width) == (24, 24) and scene.masks is not None
+    assert scene.gt_mesh_path is not None and scene.masks.any()
+    assert_clean_error(recon("synth", out, "--views", "4", "--size", "24"), str(out))
