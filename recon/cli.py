@@ -80,12 +80,12 @@ def _run_synth(args: argparse.Namespace) -> None:
 def _fit_config(args: argparse.Namespace):
     from recon.config import load_config
 
-    overrides = list(args.overrides)
+    overrides = list(getattr(args, "overrides", []))
     if args.encoding is not None:
         overrides.append(f"encoding.type={args.encoding}")
     if args.iters is not None:
         overrides.append(f"train.iters={args.iters}")
-    return load_config(args.config, overrides)
+    return load_config(getattr(args, "config", None), overrides)
 
 
 def _run_fit(args: argparse.Namespace) -> None:
@@ -111,7 +111,6 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from recon.config import load_config
     from recon.datasets import synthesize
     from recon.extract import extract_run
     from recon.train import fit
@@ -120,10 +119,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     if not (scene_dir / "cameras_sphere.npz").is_file():
         synthesize(scene_dir)
         print(f"wrote the default scene to {scene_dir}")
-    overrides = [f"encoding.type={args.encoding}"]
-    if args.iters is not None:
-        overrides.append(f"train.iters={args.iters}")
-    fit(scene_dir, run_dir, load_config(None, overrides))
+    fit(scene_dir, run_dir, _fit_config(args))
     print(extract_run(run_dir, args.out_dir / f"mesh_{args.encoding}.ply", args.resolution, False, None))
 
 

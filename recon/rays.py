@@ -12,7 +12,7 @@ from recon.datasets.scene import Scene
 
 def pixel_rays(
     intrinsics_inv: torch.Tensor, cam_to_world: torch.Tensor, u: torch.Tensor, v: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rays through pixel centres (integer u, v; OpenCV convention).
 
     Args:
@@ -21,13 +21,14 @@ def pixel_rays(
         u, v: (R,) pixel column and row.
 
     Returns:
-        origins (R, 3) and unit directions (R, 3) in world (normalised) coordinates.
+        origins (R, 3) and unit directions (R, 3) in world (normalised) coordinates, and
+        z_scale (R,): the camera-space z of the unit direction (distance x z_scale = z-depth).
     """
     pixels = torch.stack([u, v, torch.ones_like(u)], dim=-1).to(intrinsics_inv.dtype)
     cam_dirs = torch.einsum("rij,rj->ri", intrinsics_inv, pixels)
+    cam_dirs = cam_dirs / cam_dirs.norm(dim=-1, keepdim=True)
     dirs = torch.einsum("rij,rj->ri", cam_to_world[:, :3, :3], cam_dirs)
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-    return cam_to_world[:, :3, 3].expand_as(dirs).contiguous(), dirs
+    return cam_to_world[:, :3, 3].expand_as(dirs).contiguous(), dirs, cam_dirs[:, 2]
 
 
 @dataclass
@@ -64,12 +65,9 @@ class RaySource:
 
     def batch(self, image_index: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> RayBatch:
         """Rays and targets for the given (R,) image indices and pixel coordinates."""
-        k_inv = self.intrinsics_inv[image_index]
-        origins, dirs = pixel_rays(k_inv, self.cam_to_world[image_index], u.float(), v.float())
-        cam_dirs = torch.einsum(
-            "rij,rj->ri", k_inv, torch.stack([u.float(), v.float(), torch.ones_like(u, dtype=torch.float)], -1)
+        origins, dirs, z_scale = pixel_rays(
+            self.intrinsics_inv[image_index], self.cam_to_world[image_index], u.float(), v.float()
         )
-        z_scale = cam_dirs[:, 2] / cam_dirs.norm(dim=-1)
         rgb = self.images[image_index, v, u].float() / 255.0
         mask = self.masks[image_index, v, u] if self.masks is not None else None
         return RayBatch(origins, dirs, rgb, mask, image_index, z_scale)
