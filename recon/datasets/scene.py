@@ -50,3 +50,23 @@ class Scene:
     @property
     def width(self) -> int:
         return int(self.images.shape[2])
+
+    def select(self, indices: "np.ndarray | list[int]") -> "Scene":
+        """The scene restricted to the views ``indices`` (same normalisation)."""
+        idx = np.asarray(indices, dtype=np.int64)
+
+        def pick(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[idx]
+
+        paths = tuple(self.image_paths[i] for i in idx) if self.image_paths else ()
+        return Scene(
+            images=self.images[idx],
+            intrinsics=self.intrinsics[idx],
+            cam_to_world=self.cam_to_world[idx],
+            scale_mat=self.scale_mat,
+            masks=pick(self.masks),
+            depths=pick(self.depths),
+            normals=pick(self.normals),
+            image_paths=paths,
+            gt_mesh_path=self.gt_mesh_path,
+        )
