@@ -2,10 +2,15 @@
 
 Fits a scene with ground truth (default: the embedded default scene, 40 views of 96x96)
 for each encoding, extracting a mesh every --every steps, and prints one table per
-configuration; --csv writes every row. The fitting clock excludes the extractions.
+configuration; --csv writes every row, --plot draws Chamfer against fitting time (PNG).
+The fitting clock excludes the extractions. Each row also counts the field evaluations
+per training ray so far: ``sampler_evals`` (SDF only, no gradient: sampler and occupancy
+grid updates) and ``render_evals`` (SDF, feature and gradient with its double backward:
+the rendered samples), which do not depend on how busy the machine is.
 
 Run: .venv/bin/python benchmarks/bench_fit.py [--scene DIR] [--iters 2000] [--every 250]
-         [--encodings hashgrid,densegrid] [--csv out.csv] [section.key=value ...]
+         [--encodings hashgrid,densegrid] [--csv out.csv] [--plot out.png] [--stop N] [section.key=value ...]
+     .venv/bin/python benchmarks/bench_fit.py --replot a.csv b.csv --plot out.png   # only the plot
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recon.config import load_config  # noqa: E402
 from recon.datasets import load_scene, synthesize  # noqa: E402
 from recon.extract import load_mesh  # noqa: E402
+from recon.io import atomic_path  # noqa: E402
 from recon.mesh import extract_mesh  # noqa: E402
 from recon.metrics import mesh_metrics  # noqa: E402
 from recon.train import Fitter  # noqa: E402
@@ -38,20 +44,46 @@ def evaluate(fitter: Fitter, gt, resolution: int) -> dict[str, float]:
     return mesh_metrics(mesh, gt, n_points=100_000)
 
 
-def run(scene_dir: Path, gt, encoding: str, overrides: list[str], every: int, resolution: int) -> list[dict]:
+class EvalCounter:
+    """Counts the points a field's ``sdf`` and ``sdf_feature_gradient`` see (wraps them on the instance)."""
+
+    def __init__(self, field) -> None:
+        self.sdf = self.gradient = 0
+        sdf, grad = field.sdf, field.sdf_feature_gradient
+
+        def counted_sdf(x):
+            self.sdf += x.shape[0]
+            return sdf(x)
+
+        def counted_grad(x, create_graph):
+            self.gradient += x.shape[0]
+            return grad(x, create_graph)
+
+        field.sdf, field.sdf_feature_gradient = counted_sdf, counted_grad
+
+
+def run(
+    scene_dir: Path, gt, encoding: str, overrides: list[str], every: int, resolution: int, stop: int | None = None
+) -> list[dict]:
     cfg = load_config(None, [f"encoding.type={encoding}", "train.val_every=0", *overrides])
     scene = load_scene(scene_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.train.seed)
         fitter = Fitter(scene, Path(tmp), cfg, scene_dir)
+        counter = EvalCounter(fitter.field)
         fit_seconds = 0.0
-        while fitter.step < cfg.train.iters:
+        last = cfg.train.iters if stop is None else min(stop, cfg.train.iters)
+        while fitter.step < last:
             start = time.perf_counter()
             fitter.train_step()
             fit_seconds += time.perf_counter() - start
-            if fitter.step % every == 0 or fitter.step == cfg.train.iters:
+            if fitter.step % every == 0 or fitter.step == last:
+                n_rays = fitter.step * cfg.train.batch_rays
+                evals = {"sampler_evals": round(counter.sdf / n_rays, 1), "render_evals": round(counter.gradient / n_rays, 1)}
+                counted = counter.sdf
                 m = evaluate(fitter, gt, resolution)
+                counter.sdf = counted  # the extraction is not part of the fit
                 row = {
                     "encoding": encoding,
                     "overrides": " ".join(overrides),
@@ -61,6 +93,7 @@ def run(scene_dir: Path, gt, encoding: str, overrides: list[str], every: int, re
                     "fscore@1%": round(100 * m["fscore@0.01"], 1),
                     "normal_consistency": round(m["normal_consistency"], 3),
                     "beta": round(float(fitter.density.current_beta().detach()), 5),
+                    **evals,
                 }
                 rows.append(row)
                 print("  ".join(f"{k}={v}" for k, v in row.items() if k != "overrides"), flush=True)
@@ -72,11 +105,20 @@ def main() -> None:
     parser.add_argument("--scene", type=Path, default=None, help="scene with gt_mesh.ply (default: synthesise)")
     parser.add_argument("--iters", type=int, default=2000)
     parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--stop", type=int, default=None, help="stop after this many steps (the schedule still spans --iters)")
     parser.add_argument("--resolution", type=int, default=192, help="marching-cubes resolution of the checks")
     parser.add_argument("--encodings", default="hashgrid,densegrid")
     parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of Chamfer against fitting time")
+    parser.add_argument("--replot", type=Path, nargs="+", default=None, help="only draw --plot from these CSVs")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if args.replot:
+        rows = [row for path in args.replot for row in csv.DictReader(path.open())]
+        for row in rows:
+            row["fit_s"], row["chamfer_rel_%"] = float(row["fit_s"]), float(row["chamfer_rel_%"])
+        plot(rows, args.plot or Path("fit.png"))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         scene_dir = args.scene or Path(tmp) / "scene"
         if args.scene is None:
@@ -85,12 +127,38 @@ def main() -> None:
         rows = []
         for encoding in args.encodings.split(","):
             print(f"== {encoding} {' '.join(args.overrides)}", flush=True)
-            rows += run(scene_dir, gt, encoding, [f"train.iters={args.iters}", *args.overrides], args.every, args.resolution)
+            rows += run(scene_dir, gt, encoding, [f"train.iters={args.iters}", *args.overrides], args.every, args.resolution, args.stop)
     if args.csv:
-        with args.csv.open("w", newline="") as handle:
+        with atomic_path(args.csv) as tmp_csv, tmp_csv.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Chamfer (% of the diagonal, log scale) against fitting time, one line per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for key in dict.fromkeys((r["encoding"], r["overrides"]) for r in rows):
+        mine = [r for r in rows if (r["encoding"], r["overrides"]) == key]
+        label = " ".join(part for part in (key[0], key[1]) if part)
+        ax.plot([r["fit_s"] for r in mine], [r["chamfer_rel_%"] for r in mine], marker="o", label=label)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8, label="target 0.5 %")
+    ax.set_xlabel("fitting time (s)")
+    ax.set_ylabel("Chamfer-L1 (% of diagonal)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

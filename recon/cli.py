@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import typing
 from pathlib import Path
 
 from recon.errors import InputError
 
 EXIT_BAD_INPUT = 2
+ENCODINGS = ["hashgrid", "densegrid", "mlp", "sdfgrid"]
+"""MonoSDF's four geometry arms (encoding.type)."""
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -26,12 +30,33 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume")
     p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, renders)")
-    p.add_argument("--encoding", choices=["hashgrid", "densegrid"], default=None, help="grid encoding (default hashgrid)")
+    p.add_argument("--encoding", choices=ENCODINGS, default=None, help="geometry arm (default hashgrid)")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the config)")
     p.add_argument("--config", type=Path, default=None, help="YAML config file (see configs/)")
+    p.add_argument(
+        "--holdout", type=int, default=None, metavar="K",
+        help="keep every K-th view (0, K, 2K, ...) out of training; report PSNR and mask IoU on them",
+    )
+    _add_data_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", help="config overrides, section.key=value (e.g. train.batch_rays=1024)")
     p.set_defaults(run=_run_fit)
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    from recon.config import DataConfig
+
+    formats = typing.get_args(typing.get_type_hints(DataConfig)["format"])
+    p.add_argument("--format", choices=formats, default=None, help="capture format (default: auto, detected)")
+    p.add_argument("--downscale", type=int, default=None, metavar="D", help="area-average the images by D (default 1)")
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="load a capture, validate it and print what was found, without training")
+    p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic or ngp layout)")
+    _add_data_options(p)
+    p.add_argument("--background", choices=["white", "black"], default="white", help="RGBA images are composited on")
+    p.set_defaults(run=_run_check)
 
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
@@ -49,13 +74,35 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mesh", type=Path, help="predicted mesh (world units)")
     p.add_argument("--gt", type=Path, required=True, help="ground-truth mesh")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--cull-to", type=Path, default=None, metavar="DATA_DIR",
+                   help="count only surface that this scene's cameras see (inside the images and masks, not occluded)")
+    p.add_argument("--detail-radius", type=float, default=None, metavar="REL",
+                   help="curvature scale of the detail measure, as a fraction of the GT diagonal (default 0.01)")
+    p.add_argument("--points", type=int, default=200_000, help="samples per mesh (default 200000)")
     p.set_defaults(run=_run_eval)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="fit several encodings on one scene, evaluate each, write report.html / .md")
+    p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
+    p.add_argument("--out", type=Path, required=True, help="comparison folder (one run per arm and seed; resumable)")
+    p.add_argument("--encodings", default="hashgrid,densegrid,mlp,sdfgrid",
+                   help="comma-separated arms (default: MonoSDF's four, hashgrid,densegrid,mlp,sdfgrid)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per arm; K > 1 gives mean ± std (default 1)")
+    p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the preset / config)")
+    p.add_argument("--preset", default=None, help="configs/NAME.yaml, e.g. quick (all four arms in < 30 min on 2 CPU cores)")
+    p.add_argument("--config", type=Path, default=None, help="YAML config file (instead of a preset)")
+    p.add_argument("--resolution", type=int, default=None, help="marching-cubes resolution (default: the config's mesh.resolution)")
+    p.add_argument("--no-cull", action="store_true", help="evaluate whole meshes, not only what the cameras see")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides for every arm, section.key=value")
+    p.set_defaults(run=_run_compare)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole job on the default scene: synth, fit, extract, evaluate")
     p.add_argument("out_dir", type=Path, help="folder for the scene, the run and the mesh")
-    p.add_argument("--encoding", choices=["hashgrid", "densegrid"], default="hashgrid")
+    p.add_argument("--encoding", choices=ENCODINGS, default="hashgrid")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the config)")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes resolution")
     p.set_defaults(run=_run_demo)
@@ -65,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``recon`` argument parser."""
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_fit, _add_extract, _add_eval, _add_demo):
+    for add in (_add_synth, _add_fit, _add_check, _add_extract, _add_eval, _add_compare, _add_demo):
         add(sub)
     return parser
 
@@ -85,6 +132,12 @@ def _fit_config(args: argparse.Namespace):
         overrides.append(f"encoding.type={args.encoding}")
     if args.iters is not None:
         overrides.append(f"train.iters={args.iters}")
+    if getattr(args, "holdout", None) is not None:
+        overrides.append(f"train.holdout={args.holdout}")
+    if getattr(args, "format", None) is not None:
+        overrides.append(f"data.format={args.format}")
+    if getattr(args, "downscale", None) is not None:
+        overrides.append(f"data.downscale={args.downscale}")
     return load_config(getattr(args, "config", None), overrides)
 
 
@@ -93,7 +146,21 @@ def _run_fit(args: argparse.Namespace) -> None:
 
     cfg = _fit_config(args)
     run_dir = fit(args.data_dir, args.out, cfg, progress=not args.quiet)
+    holdout = run_dir / "holdout.json"
+    if holdout.is_file():
+        summary = json.loads(holdout.read_text())
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k not in ("step", "every", "views"))
+        print(f"held-out views {[v['view'] for v in summary['views']]}: {scores}")
     print(f"run saved in {run_dir}")
+
+
+def _run_check(args: argparse.Namespace) -> None:
+    from recon.datasets import load_scene
+    from recon.datasets.check import describe
+
+    logging.getLogger("recon.datasets").setLevel(logging.ERROR)  # the report below lists the warnings
+    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.background)
+    print("\n".join(describe(scene, args.data_dir)))
 
 
 def _run_extract(args: argparse.Namespace) -> None:
@@ -105,9 +172,32 @@ def _run_extract(args: argparse.Namespace) -> None:
 
 def _run_eval(args: argparse.Namespace) -> None:
     from recon.extract import evaluate_files
+    from recon.metrics import DETAIL_RADIUS_REL
 
-    metrics = evaluate_files(args.mesh, args.gt, args.json)
+    radius = DETAIL_RADIUS_REL if args.detail_radius is None else args.detail_radius
+    if not 0.0 < radius < 1.0:
+        raise InputError("--detail-radius", f"must lie in (0, 1), got {radius}")
+    if args.points < 100:
+        raise InputError("--points", f"must be at least 100, got {args.points}")
+    metrics = evaluate_files(args.mesh, args.gt, args.json, args.cull_to, radius, args.points)
     print(json.dumps(metrics, indent=2))
+
+
+def _run_compare(args: argparse.Namespace) -> None:
+    from recon.compare import CompareSpec, parse_encodings, preset_path, run_compare
+    from recon.config import load_config
+    from recon.report import build_report
+
+    if args.preset is not None and args.config is not None:
+        raise InputError("--preset", "give a preset or a config file, not both")
+    cfg_file = preset_path(args.preset) if args.preset is not None else args.config
+    overrides = list(args.overrides) + ([f"train.iters={args.iters}"] if args.iters is not None else [])
+    resolution = args.resolution or load_config(cfg_file, overrides).mesh.resolution
+    spec = CompareSpec(args.data_dir, args.out, parse_encodings(args.encodings), args.seeds, resolution,
+                       not args.no_cull, cfg_file, tuple(overrides))
+    run_compare(spec, progress=not args.quiet)
+    html_path, md_path = build_report(args.out)
+    print(f"report: {html_path} and {md_path}")
 
 
 def _run_demo(args: argparse.Namespace) -> None:

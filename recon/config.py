@@ -23,8 +23,9 @@ from recon.errors import InputError
 class EncodingConfig:
     """Grid encoding of points in [0, 1]^3 (field names follow tiny-cuda-nn)."""
 
-    type: Literal["hashgrid", "densegrid"] = "hashgrid"
-    """Which encoding: multi-resolution hash grid or one dense feature grid."""
+    type: Literal["hashgrid", "densegrid", "mlp", "sdfgrid"] = "hashgrid"
+    """MonoSDF's four arms: multi-resolution hash grid, one dense feature grid, no grid (a deep
+    positional-encoding MLP), or a dense grid that stores the SDF itself (no geometry MLP)."""
     n_levels: int = 16
     """Hash grid: number of resolution levels."""
     n_features_per_level: int = 2
@@ -41,10 +42,19 @@ class EncodingConfig:
     """Dense grid: vertices per axis; 0 matches the hash grid's parameter count."""
     dense_features: int = 8
     """Dense grid: features per vertex."""
+    mlp_hidden_dim: int = 256
+    """MLP arm: width of the SDF MLP's hidden layers (MonoSDF: 256; the grid arms use field.hidden_dim)."""
+    mlp_n_hidden_layers: int = 8
+    """MLP arm: hidden layers of the SDF MLP (MonoSDF: 8)."""
+    mlp_skip_layer: int = 4
+    """MLP arm: the linear layer that sees the encoded input again, concatenated (MonoSDF: 4; 0: none)."""
+    sdf_resolution: int = 0
+    """SDF grid: vertices per axis; 0 matches the hash grid's parameter count (one value per vertex)."""
     init_scale: float = 1e-4
     """Parameters start uniform in [-init_scale, init_scale]."""
-    backend: Literal["auto", "torch", "tcnn"] = "auto"
-    """auto: tinycudann on CUDA when it imports, else pure PyTorch."""
+    backend: Literal["auto", "torch", "tcnn", "fused"] = "auto"
+    """auto: tinycudann on CUDA when it imports, else the fused CPU kernel on the CPU when it
+    builds, else pure PyTorch; fused: the compiled CPU kernel (an error when it cannot be built)."""
 
     @property
     def per_level_scale(self) -> float:
@@ -110,8 +120,20 @@ class RenderConfig:
     """Error-bounded sampler: upsampling rounds."""
     scene_radius: float = 1.0
     """Rays are cut to this sphere (the normalised scene)."""
-    background: Literal["auto", "white", "black"] = "auto"
-    """Colour behind the surface. auto: the images' border colour when it is uniform, else black."""
+    background: Literal["auto", "white", "black", "nerf++"] = "auto"
+    """What lies behind the scene sphere: a constant colour (white, black), or nerf++ (a small field on
+    the inverted sphere, for unmasked real captures). auto: the images' border colour when it is
+    uniform or the scene has masks (black when the border is not uniform), else nerf++."""
+    n_background: int = 32
+    """nerf++ background: samples per ray beyond the scene sphere (uniform in inverse distance)."""
+    background_hidden_dim: int = 64
+    """nerf++ background: width of its MLP's two hidden layers."""
+    occupancy_resolution: int = 0
+    """Occupancy grid cells per axis over the scene box (e.g. 64), updated from the SDF while fitting:
+    samples go only where the surface can be seen (not empty space, not the inside). 0: off (the
+    default: 4x fewer field evaluations per step, but a worse Chamfer at equal steps; docs/DECISIONS.md)."""
+    occupancy_tolerance: float = 1e-3
+    """Largest opacity the occupancy grid may cut from a ray (sets its margin around the surface)."""
 
 
 @dataclass
@@ -136,6 +158,14 @@ class TrainConfig:
     """Weight of the mask BCE (when masks exist)."""
     smooth_weight: float = 0.005
     """Weight of the normal smoothness loss."""
+    depth_weight: float = 0.1
+    """Weight of the scale-and-shift-invariant depth loss (when the scene has depth cues; MonoSDF: 0.1)."""
+    normal_l1_weight: float = 0.05
+    """Weight of the L1 loss on camera-space normals (when the scene has normal cues; MonoSDF: 0.05)."""
+    normal_angular_weight: float = 0.05
+    """Weight of the angular (1 - cos) normal loss (when the scene has normal cues; MonoSDF: 0.05)."""
+    holdout: int = 0
+    """Keep every K-th view (0, K, 2K, ...) out of training and report PSNR / mask IoU on them (0: off)."""
     seed: int = 0
     """Random seed."""
     device: str = "auto"
@@ -150,6 +180,30 @@ class TrainConfig:
     """Validation renders are subsampled to at most this many pixels on their long side."""
     threads: int = 0
     """CPU threads for torch (0: torch's default)."""
+    occupancy_every: int = 16
+    """Steps between updates of the occupancy grid (render.occupancy_resolution)."""
+    c2f_start_levels: int = 0
+    """Coarse-to-fine (Neuralangelo): hash-grid levels whose features the SDF MLP sees at the start,
+    one more every c2f_every steps (0: all levels from the start)."""
+    c2f_every: int = 100
+    """Coarse-to-fine: steps between enabling one more hash-grid level."""
+    numerical_gradient: bool = False
+    """Neuralangelo's finite-difference SDF gradients while fitting (6 more SDF evaluations per point, no
+    double backward), with a step of one cell of the finest active hash-grid level."""
+
+
+@dataclass
+class DataConfig:
+    """How a capture is read (recon.datasets.load_scene) and turned into rays."""
+
+    format: Literal["auto", "dtu", "monosdf", "nerf-synthetic", "ngp"] = "auto"
+    """Capture format; auto detects it from the files."""
+    downscale: int = 1
+    """Integer factor: images, masks and cues are area-averaged, intrinsics follow."""
+    background: Literal["white", "black"] = "white"
+    """Colour RGBA images (NeRF-synthetic, ngp) are composited on (NeRF: white)."""
+    max_rays: int = 1 << 20
+    """Most rays built at once (a training batch, or a chunk of a rendered image)."""
 
 
 @dataclass
@@ -175,6 +229,7 @@ class Config:
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import trimesh
 from recon.errors import InputError
 from recon.io import write_json_atomic
 from recon.mesh import extract_mesh, save_mesh
-from recon.metrics import format_metrics, mesh_metrics
+from recon.metrics import DETAIL_RADIUS_REL, Views, format_metrics, mesh_metrics
 from recon.train import load_model
 
 
@@ -28,14 +29,9 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     return mesh
 
 
-def extract_run(
-    run_dir: str | Path,
-    output: str | Path,
-    resolution: int | None,
-    largest_component: bool,
-    gt_path: str | Path | None,
-) -> str:
-    """Extract the run's surface to ``output``; return a one-paragraph summary (with metrics if GT exists)."""
+def run_mesh(run_dir: str | Path, resolution: int | None, largest_component: bool = False,
+             progress: bool = True) -> trimesh.Trimesh:
+    """Marching cubes on a fitted run's SDF -> mesh in world units (never empty)."""
     model = load_model(run_dir)
     cfg = model.cfg.mesh
     resolution = resolution or cfg.resolution
@@ -56,13 +52,26 @@ def extract_run(
         block_size=cfg.block_size,
         level=cfg.level,
         largest_component=largest_component or cfg.largest_component,
-        progress=True,
+        progress=progress,
     )
     if len(mesh.faces) == 0:
         raise InputError(run_dir, "the fitted SDF has no zero crossing in the scene sphere: no surface to extract")
+    return mesh
+
+
+def extract_run(
+    run_dir: str | Path,
+    output: str | Path,
+    resolution: int | None,
+    largest_component: bool,
+    gt_path: str | Path | None,
+) -> str:
+    """Extract the run's surface to ``output``; return a one-paragraph summary (with metrics if GT exists)."""
+    mesh = run_mesh(run_dir, resolution, largest_component)
     save_mesh(mesh, output)
     lines = [f"mesh: {output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)"]
-    gt = gt_path or model.meta.get("gt_mesh")
+    meta = Path(run_dir) / "meta.json"
+    gt = gt_path or (json.loads(meta.read_text()).get("gt_mesh") if meta.is_file() else None)
     if gt and Path(gt).is_file():
         metrics = mesh_metrics(mesh, load_mesh(gt))
         write_json_atomic(Path(output).with_suffix(".metrics.json"), metrics)
@@ -70,9 +79,25 @@ def extract_run(
     return "\n".join(lines)
 
 
-def evaluate_files(mesh_path: str | Path, gt_path: str | Path, json_path: str | Path | None) -> dict[str, Any]:
-    """Metrics of one mesh file against another; optionally written to ``json_path``."""
-    metrics = mesh_metrics(load_mesh(mesh_path), load_mesh(gt_path))
+def evaluate_files(
+    mesh_path: str | Path,
+    gt_path: str | Path,
+    json_path: str | Path | None,
+    cull_to: str | Path | None = None,
+    detail_radius_rel: float = DETAIL_RADIUS_REL,
+    n_points: int = 200_000,
+) -> dict[str, Any]:
+    """Metrics of one mesh file against another; optionally written to ``json_path``.
+
+    ``cull_to``: a scene folder whose cameras (and masks) decide which surface counts.
+    """
+    views = None
+    if cull_to is not None:
+        from recon.datasets import load_scene
+
+        views = Views.from_scene(load_scene(cull_to))
+    metrics = mesh_metrics(load_mesh(mesh_path), load_mesh(gt_path), n_points, views=views,
+                           detail_radius_rel=detail_radius_rel)
     if json_path is not None:
         write_json_atomic(json_path, metrics)
     return metrics

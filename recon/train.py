@@ -17,11 +17,14 @@ from tqdm import tqdm
 from recon.config import Config, config_from_dict, config_to_dict
 from recon.datasets import load_scene
 from recon.datasets.scene import Scene
+from recon.encodings.grid import hash_grid_levels
 from recon.errors import InputError
 from recon.fields import NeuralSDF
 from recon.io import atomic_path, write_json_atomic, write_text_atomic
-from recon.losses import eikonal, mask_bce, normal_smoothness, psnr, rgb_l1
+from recon.losses import eikonal, mask_bce, normal_cue, normal_smoothness, psnr, rgb_l1, ssi_depth
 from recon.rays import RayBatch, RaySource
+from recon.render.background import BackgroundField
+from recon.render.occupancy import make_occupancy_grid
 from recon.render.renderer import Density, RenderOutput, render_rays
 from recon.visualize import save_validation_image
 
@@ -53,6 +56,14 @@ class RunFiles:
     @property
     def val_dir(self) -> Path:
         return self.root / "val"
+
+    @property
+    def holdout(self) -> Path:
+        return self.root / "holdout.json"
+
+    @property
+    def holdout_dir(self) -> Path:
+        return self.root / "holdout"
 
 
 def choose_device(name: str) -> torch.device:
@@ -103,10 +114,13 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise InputError(path, f"unreadable checkpoint ({type(err).__name__})") from None
 
 
-def make_optimizer(field: NeuralSDF, density: Density, cfg: Config) -> torch.optim.Adam:
-    """Adam with the grid at ``grid_lr_factor`` times the base learning rate."""
+def make_optimizer(
+    field: NeuralSDF, density: Density, cfg: Config, extra: list[torch.nn.Parameter] | None = None
+) -> torch.optim.Adam:
+    """Adam with the grid at ``grid_lr_factor`` times the base learning rate; ``extra`` parameters
+    (the background model's) learn at the base rate."""
     groups = [
-        {"params": field.network_parameters() + list(density.parameters()), "lr": cfg.train.lr},
+        {"params": field.network_parameters() + list(density.parameters()) + list(extra or []), "lr": cfg.train.lr},
         {"params": field.grid_parameters(), "lr": cfg.train.lr * cfg.train.grid_lr_factor},
     ]
     # fused: one kernel for all parameters, 8x faster than the default on a 12M-entry grid (CPU).
@@ -118,6 +132,14 @@ def lr_factor(step: int, cfg: Config) -> float:
     t = cfg.train
     warm = min(1.0, (step + 1) / t.warmup_iters) if t.warmup_iters > 0 else 1.0
     return warm * t.lr_final_factor ** (min(step, t.iters) / max(t.iters, 1))
+
+
+def active_levels(step: int, cfg: Config) -> int:
+    """Hash-grid levels active at ``step``: coarse-to-fine (``train.c2f_start_levels``), else all."""
+    t, enc = cfg.train, cfg.encoding
+    if t.c2f_start_levels <= 0:
+        return enc.n_levels
+    return min(enc.n_levels, t.c2f_start_levels + step // max(t.c2f_every, 1))
 
 
 BORDER_UNIFORMITY = 0.05
@@ -134,6 +156,12 @@ def background_colour(scene: Scene, mode: str) -> list[float]:
         return [1.0, 1.0, 1.0]
     if mode == "black":
         return [0.0, 0.0, 0.0]
+    colour = uniform_border_colour(scene)
+    return [0.0, 0.0, 0.0] if colour is None else colour
+
+
+def uniform_border_colour(scene: Scene) -> list[float] | None:
+    """The median colour of the images' one-pixel border, or None when that border is not uniform."""
     images = scene.images
     border = np.concatenate(
         [images[:, 0].reshape(-1, 3), images[:, -1].reshape(-1, 3), images[:, :, 0].reshape(-1, 3),
@@ -141,8 +169,33 @@ def background_colour(scene: Scene, mode: str) -> list[float]:
     ).astype(np.float32) / 255.0
     low, high = np.percentile(border, [5, 95], axis=0)
     if float((high - low).max()) > BORDER_UNIFORMITY:
-        return [0.0, 0.0, 0.0]
+        return None
     return np.median(border, axis=0).tolist()
+
+
+def make_background(scene: Scene, cfg: Config, device: torch.device) -> torch.Tensor | BackgroundField:
+    """What is composited behind the scene sphere (``render.background``).
+
+    ``auto`` picks the nerf++ model for a scene without masks whose border is not uniform (an
+    unmasked real capture), else a constant colour (``background_colour``).
+    """
+    mode = cfg.render.background
+    if mode == "auto" and scene.masks is None and uniform_border_colour(scene) is None:
+        mode = "nerf++"
+    if mode == "nerf++":
+        return BackgroundField(cfg.render.background_hidden_dim, cfg.render.scene_radius).to(device)
+    return torch.tensor(background_colour(scene, mode), device=device)
+
+
+def split_holdout(scene: Scene, every: int) -> tuple[Scene, Scene | None, list[int]]:
+    """Training views, held-out views (0, K, 2K, ...; None when ``every`` is 0) and their indices."""
+    if every == 0:
+        return scene, None, []
+    held = list(range(0, scene.n_images, every))
+    if every < 0 or len(held) == scene.n_images:
+        raise InputError("train.holdout", f"must be 0 (off) or at least 2 (keep every K-th view out), got {every}")
+    kept = [i for i in range(scene.n_images) if i % every != 0]
+    return scene.select(kept), scene.select(held), held
 
 
 @dataclass
@@ -155,22 +208,31 @@ class StepLosses:
     mask: torch.Tensor
     smooth: torch.Tensor
     psnr: torch.Tensor
+    depth: torch.Tensor | None = None
+    normal_l1: torch.Tensor | None = None
+    normal_angular: torch.Tensor | None = None
 
 
 class Fitter:
     """One fit of a field to a scene, resumable from its run directory."""
 
-    def __init__(self, scene: Scene, run_dir: Path, cfg: Config, data_dir: Path) -> None:
+    def __init__(
+        self, scene: Scene, run_dir: Path, cfg: Config, data_dir: Path,
+        held_out: Scene | None = None, held_out_indices: list[int] | None = None,
+    ) -> None:
         self.scene, self.cfg, self.files = scene, cfg, RunFiles(run_dir)
         self.device = choose_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
-        self.rays = RaySource(scene, self.device)
+        self.rays = RaySource(scene, self.device, cfg.data.max_rays)
+        self.held_out = RaySource(held_out, self.device, cfg.data.max_rays) if held_out is not None else None
+        self.held_out_indices = held_out_indices or []
         self.field, self.density = build_model(cfg, scene.n_images, self.device)
-        self.optimizer = make_optimizer(self.field, self.density, cfg)
+        self.background = make_background(scene, cfg, self.device)
+        extra = list(self.background.parameters()) if isinstance(self.background, BackgroundField) else []
+        self.optimizer = make_optimizer(self.field, self.density, cfg, extra)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.background = torch.tensor(background_colour(scene, cfg.render.background), device=self.device)
         self.meta = {
             "data_dir": str(data_dir),
             "n_images": scene.n_images,
@@ -178,10 +240,11 @@ class Fitter:
             "scale_mat": scene.scale_mat.tolist(),
             "gt_mesh": str(scene.gt_mesh_path) if scene.gt_mesh_path else None,
             "encoding": cfg.encoding.type,
-            "background": self.background.tolist(),
-            "n_params_encoding": sum(p.numel() for p in self.field.grid_parameters()),
-            "n_params_total": sum(p.numel() for p in self.field.parameters()),
+            "background": "nerf++" if isinstance(self.background, BackgroundField) else self.background.tolist(),
+            "holdout_views": self.held_out_indices,
+            **{f"n_params_{part}": n for part, n in self.field.parameter_counts().items()},
         }
+        self.occupancy = make_occupancy_grid(cfg.render, self.device)
         self.step, self.elapsed = 0, 0.0
 
     def losses(self, batch: RayBatch, out: RenderOutput) -> StepLosses:
@@ -192,10 +255,33 @@ class Fitter:
         mask = mask_bce(out.opacity, batch.mask) if use_mask else out.rgb.new_zeros(())
         eik, smooth = self._regularisers(batch, out)
         total = rgb + t.eikonal_weight * eik + t.mask_weight * mask + t.smooth_weight * smooth
+        depth, normal_l1, normal_angular = self._cue_losses(batch, out)
+        if depth is not None:
+            total = total + t.depth_weight * depth
+        if normal_l1 is not None and normal_angular is not None:
+            total = total + t.normal_l1_weight * normal_l1 + t.normal_angular_weight * normal_angular
         with torch.no_grad():
             scored = batch.mask if use_mask and bool(batch.mask.any()) else slice(None)
             quality = psnr(out.rgb[scored], batch.rgb[scored])
-        return StepLosses(total, rgb, eik, mask, smooth, quality)
+        return StepLosses(total, rgb, eik, mask, smooth, quality, depth, normal_l1, normal_angular)
+
+    def _cue_losses(
+        self, batch: RayBatch, out: RenderOutput
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """MonoSDF's depth and normal cue losses on the rays (inside the mask, when there is one) whose
+        cues are valid; None for a term without cues or valid rays."""
+        inside = out.hit if batch.mask is None else out.hit & batch.mask
+        depth = None
+        if batch.depth is not None and self.cfg.train.depth_weight > 0:
+            z_depth = out.depth / out.opacity.clamp_min(1e-6) * batch.z_scale
+            depth = ssi_depth(z_depth, batch.depth, inside & torch.isfinite(batch.depth) & (batch.depth > 0))
+        if batch.normal is None or self.cfg.train.normal_l1_weight + self.cfg.train.normal_angular_weight == 0:
+            return depth, None, None
+        rotation = self.rays.cam_to_world[batch.image_index, :3, :3]
+        normal_cam = torch.einsum("rji,rj->ri", rotation, out.normal)
+        cue_ok = torch.isfinite(batch.normal).all(-1) & ((batch.normal.norm(dim=-1) - 1.0).abs() < 0.1)
+        normal = normal_cue(normal_cam, batch.normal, inside & cue_ok)
+        return (depth, None, None) if normal is None else (depth, *normal)
 
     def _regularisers(self, batch: RayBatch, out: RenderOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """Eikonal on the ray samples, uniform box points and surface points; smoothness on the latter."""
@@ -215,22 +301,38 @@ class Fitter:
         m = surface.shape[0]
         return eikonal(gradients), normal_smoothness(normals[:m], normals[m:])
 
+    def _apply_schedule(self) -> None:
+        """Coarse-to-fine levels and the finite-difference step of the current step."""
+        enc = self.cfg.encoding
+        n = active_levels(self.step, self.cfg)
+        if enc.type == "hashgrid":
+            mask = None
+            if n < enc.n_levels:
+                mask = torch.zeros(enc.n_levels * enc.n_features_per_level, device=self.device)
+                mask[: n * enc.n_features_per_level] = 1.0
+            self.field.sdf_net.grid_mask = mask
+        if self.cfg.train.numerical_gradient:
+            self.field.fd_step = 2.0 * self.cfg.render.scene_radius / hash_grid_levels(enc)[n - 1].resolution
+
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns its loss terms."""
+        self._apply_schedule()
         factor = lr_factor(self.step, self.cfg)
         for group, base in zip(self.optimizer.param_groups, self._base_lrs()):
             group["lr"] = base * factor
+        if self.occupancy is not None and self.step % max(self.cfg.train.occupancy_every, 1) == 0:
+            self.occupancy.update(self.field.sdf, float(self.density.current_beta().detach()))
         batch = self.rays.random_batch(self.cfg.train.batch_rays, self.generator)
         out = render_rays(
             self.field, self.density, batch.origins, batch.dirs, self.cfg.render, self.background,
-            training=True, image_index=batch.image_index, generator=self.generator,
+            training=True, image_index=batch.image_index, generator=self.generator, occupancy=self.occupancy,
         )
         losses = self.losses(batch, out)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         self.optimizer.step()
         self.step += 1
-        return {name: float(value.detach()) for name, value in vars(losses).items()}
+        return {name: float(value.detach()) for name, value in vars(losses).items() if value is not None}
 
     def _base_lrs(self) -> list[float]:
         t = self.cfg.train
@@ -242,6 +344,8 @@ class Fitter:
         state = {
             "field": self.field.state_dict(),
             "density": self.density.state_dict(),
+            "background": self.background.state_dict() if isinstance(self.background, BackgroundField) else None,
+            "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -257,6 +361,10 @@ class Fitter:
         """Continue from a checkpoint's state."""
         self.field.load_state_dict(state["field"])
         self.density.load_state_dict(state["density"])
+        if isinstance(self.background, BackgroundField):
+            self.background.load_state_dict(state["background"])
+        if self.occupancy is not None and state.get("occupancy") is not None:
+            self.occupancy.load_state_dict(state["occupancy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -268,31 +376,80 @@ class Fitter:
         rendered = render_image(self.field, self.density, self.rays, index, self.cfg, self.background)
         path = self.files.val_dir / f"step_{self.step:06d}.png"
         save_validation_image(path, rendered)
+        if self.held_out is not None:
+            self.evaluate_holdout()
         return float(rendered["psnr"])
+
+    def evaluate_holdout(self) -> dict[str, Any]:
+        """Render the held-out views (long side <= ``val_max_side``) to ``holdout/view_NNN.png``; log
+        their mean PSNR (inside the masks when there are masks; ``psnr_full``: whole image) and mask
+        IoU (rendered opacity > 0.5 vs the mask) to metrics.jsonl and ``holdout.json``; return the summary."""
+        assert self.held_out is not None
+        views = []
+        for i, view in enumerate(self.held_out_indices):
+            rendered = render_image(
+                self.field, self.density, self.held_out, i, self.cfg, self.background, appearance=False
+            )
+            save_validation_image(self.files.holdout_dir / f"view_{view:03d}.png", rendered)
+            views.append({"view": view, **holdout_scores(rendered)})
+        summary: dict[str, Any] = {"step": self.step, "every": self.cfg.train.holdout}
+        for key in views[0]:
+            if key != "view":
+                summary[key] = float(np.mean([v[key] for v in views]))
+        summary["views"] = views
+        write_json_atomic(self.files.holdout, summary)
+        scores = {f"holdout_{k}": v for k, v in summary.items() if k not in ("step", "every", "views")}
+        record = {"step": self.step, **scores}
+        with self.files.metrics.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return summary
+
+
+def holdout_scores(rendered: dict[str, Any]) -> dict[str, float]:
+    """PSNR of a rendered view; with a mask, PSNR inside it, the whole-image PSNR and the mask IoU."""
+    rgb, target = torch.from_numpy(rendered["rgb"]), torch.from_numpy(rendered["target"])
+    if "mask" not in rendered:
+        return {"psnr": float(psnr(rgb, target))}
+    mask = torch.from_numpy(rendered["mask"]) > 0.5
+    opaque = torch.from_numpy(rendered["opacity"]) > 0.5
+    union = int((mask | opaque).sum())
+    return {
+        "psnr": float(psnr(rgb[mask], target[mask])) if bool(mask.any()) else float(psnr(rgb, target)),
+        "psnr_full": float(psnr(rgb, target)),
+        "mask_iou": int((mask & opaque).sum()) / union if union > 0 else 1.0,
+    }
 
 
 @torch.no_grad()
 def render_image(
-    field: NeuralSDF, density: Density, rays: RaySource, index: int, cfg: Config, background: torch.Tensor,
-    chunk: int = 4096,
+    field: NeuralSDF, density: Density, rays: RaySource, index: int, cfg: Config,
+    background: torch.Tensor | BackgroundField, chunk: int = 4096, appearance: bool = True,
 ) -> dict[str, Any]:
     """Render image ``index`` (every k-th pixel, long side <= ``val_max_side``) as arrays:
-    rgb, target, normal (camera space), depth (z), opacity."""
+    rgb, target, normal (camera space), depth (z), opacity, and mask when the views have masks.
+    ``appearance=False`` renders without the view's appearance code (a view not trained on)."""
     step = max(1, math.ceil(max(rays.height, rays.width) / cfg.train.val_max_side))
     u, v, h, w = rays.image_pixels(index, step)
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "target": [], "normal": [], "depth": [], "opacity": []}
+    if rays.masks is not None:
+        parts["mask"] = []
     world_to_cam = rays.cam_to_world[index, :3, :3].T
     for start in range(0, u.shape[0], chunk):
         sl = slice(start, start + chunk)
         image_index = torch.full_like(u[sl], index)
         batch = rays.batch(image_index, u[sl], v[sl])
-        out = render_rays(field, density, batch.origins, batch.dirs, cfg.render, background, False, image_index)
+        out = render_rays(
+            field, density, batch.origins, batch.dirs, cfg.render, background, False,
+            image_index if appearance else None,
+        )
         depth = out.depth / out.opacity.clamp_min(1e-6)
         parts["rgb"].append(out.rgb)
         parts["target"].append(batch.rgb)
         parts["normal"].append(out.normal @ world_to_cam.T)
         parts["depth"].append(depth * batch.z_scale)
         parts["opacity"].append(out.opacity)
+        if batch.mask is not None:
+            parts["mask"].append(batch.mask.float())
     result: dict[str, Any] = {k: torch.cat(p).reshape(h, w, -1).squeeze(-1).cpu().numpy() for k, p in parts.items()}
     result["psnr"] = float(psnr(torch.from_numpy(result["rgb"]), torch.from_numpy(result["target"])))
     return result
@@ -308,8 +465,9 @@ def fit(data_dir: str | Path, run_dir: str | Path, cfg: Config, progress: bool =
     state = _read_checkpoint(files.checkpoint) if files.checkpoint.is_file() else None
     if state is not None:
         cfg = _resumed_config(state, cfg, files.checkpoint)
-    scene = load_scene(data_dir)
-    fitter = Fitter(scene, run_dir, cfg, data_dir)
+    scene = load_scene(data_dir, cfg.data.format, cfg.data.downscale, cfg.data.background)
+    scene, held_out, held_out_indices = split_holdout(scene, cfg.train.holdout)
+    fitter = Fitter(scene, run_dir, cfg, data_dir, held_out, held_out_indices)
     if state is not None:
         fitter.restore(state)
         _truncate_log(files.metrics, fitter.step)
@@ -383,6 +541,7 @@ def _log(fitter: Fitter, losses: dict[str, float]) -> None:
         "beta": float(fitter.density.current_beta().detach()),
         "lr": fitter.optimizer.param_groups[0]["lr"],
     }
+    record.update({name: losses[name] for name in ("depth", "normal_l1", "normal_angular") if name in losses})
     if not all(math.isfinite(v) for v in record.values()):
         raise FloatingPointError(f"non-finite training state at step {fitter.step}: {record}")
     fitter.files.root.mkdir(parents=True, exist_ok=True)

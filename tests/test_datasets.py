@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -333,8 +334,12 @@ def test_missing_data_dir(tmp_path: Path) -> None:
 def test_real_dtu_scan24() -> None:
     if not DTU_SCAN24.is_dir():
         pytest.skip(f"staged DTU data not found at {DTU_SCAN24}")
+    tracemalloc.start()
     scene = load_scene(DTU_SCAN24)
-    assert scene.images.shape == (20, 1200, 1600, 3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert scene.images.shape == (20, 1200, 1600, 3) and scene.images.dtype == np.uint8
+    assert peak < 1.5 * (scene.images.nbytes + scene.masks.nbytes)  # one copy of the pixels, no float copies
     assert scene.masks is not None and scene.masks.shape == (20, 1200, 1600)
     assert 0.05 < scene.masks.mean() < 0.9
     K0 = scene.intrinsics[0]

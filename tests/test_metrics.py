@@ -12,7 +12,16 @@ import trimesh
 from scipy.spatial import cKDTree
 
 from recon.errors import InputError
-from recon.metrics import format_metrics, mesh_metrics, nearest_neighbors, sample_surface
+from recon.metrics import (
+    Views,
+    detail_region,
+    format_metrics,
+    mesh_metrics,
+    nearest_neighbors,
+    sample_surface,
+    surface_variation,
+    visible_points,
+)
 from recon.mesh import empty_mesh
 
 
@@ -141,3 +150,126 @@ def test_format_metrics() -> None:
     line = format_metrics(mesh_metrics(pred, gt, n_points=5_000))
     assert line.startswith("Chamfer-L1 0.05")
     assert "% of diag" in line and "F-score@1% 0.0" in line and "\n" not in line
+
+
+# ----------------------------------------------------------------------------- culling
+
+
+def _camera_looking_down(height: float = 2.0, size: int = 64, focal: float = 64.0) -> Views:
+    """One camera at (0, 0, height) looking down -z; its image spans x, y in [-1, 1] at z = 0."""
+    K = np.array([[focal, 0.0, (size - 1) / 2], [0.0, focal, (size - 1) / 2], [0.0, 0.0, 1.0]])
+    pose = np.eye(4)
+    pose[:3, :3] = np.diag([1.0, -1.0, -1.0])  # x right, y down (world -y), z forward (world -z)
+    pose[:3, 3] = (0.0, 0.0, height)
+    return Views(K[None], pose[None], size, size)
+
+
+def test_visible_points_frustum_mask_and_occlusion() -> None:
+    views = _camera_looking_down()
+    floor = square(8.0)  # z = 0, far wider than the view
+    pts = np.array([[0.0, 0.0, 0.0], [0.9, 0.9, 0.0], [1.2, 0.0, 0.0], [0.0, -3.0, 0.0], [0.0, 0.0, 2.5]])
+    seen = visible_points(pts, views, floor, tol=1e-3)
+    # centre and near corner in view; x = 1.2 and y = -3 outside the image; z = 2.5 behind the camera
+    np.testing.assert_array_equal(seen, [True, True, False, False, False])
+    # occlusion: a box above the origin hides the floor under it, not beside it
+    box = trimesh.creation.box(extents=(0.4, 0.4, 0.4)).apply_translation((0.0, 0.0, 0.5))
+    scene_mesh = trimesh.util.concatenate([floor, box])
+    under = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.7], [0.0, 0.0, 0.3]])
+    np.testing.assert_array_equal(visible_points(under, views, scene_mesh, tol=1e-3), [False, True, True, False])
+    # a mask with only the left half of the image (x < 0) keeps only points there
+    masked = Views(views.intrinsics, views.cam_to_world, 64, 64, masks=np.zeros((1, 64, 64), dtype=bool))
+    masked.masks[0, :, :32] = True
+    left_right = np.array([[-0.4, 0.2, 0.0], [0.4, 0.2, 0.0]])
+    np.testing.assert_array_equal(visible_points(left_right, masked, floor, tol=1e-3), [True, False])
+
+
+def test_culling_a_plane_half_outside_the_view() -> None:
+    """GT: a 2 x 1 strip x in [0, 2]; the camera sees x in [-1, 1]: half of it is culled on both sides."""
+    views = _camera_looking_down()
+    verts = np.array([[0.0, -0.5, 0.0], [2.0, -0.5, 0.0], [2.0, 0.5, 0.0], [0.0, 0.5, 0.0]])
+    gt = trimesh.Trimesh(verts, np.array([[0, 1, 2], [0, 2, 3]]), process=False)
+    pred = gt.copy().apply_translation((0.0, 0.0, 0.05))
+    m = mesh_metrics(pred, gt, n_points=40_000, views=views)
+    # the GT (depth 2) is seen for x < 1; pred, 0.05 nearer the camera, for x < 0.975
+    assert m["kept_gt"] == pytest.approx(0.5, abs=0.005) and m["kept_pred"] == pytest.approx(0.4875, abs=0.005)
+    assert m["accuracy"] == pytest.approx(0.05, rel=0.02) and m["completeness"] == pytest.approx(0.05, rel=0.02)
+    # a prediction covering only the seen half is complete once culled, and not without culling
+    half = trimesh.Trimesh(verts * [0.5, 1, 1], np.array([[0, 1, 2], [0, 2, 3]]), process=False)
+    assert mesh_metrics(half, gt, n_points=40_000, views=views)["recall@0.01"] > 0.99
+    assert mesh_metrics(half, gt, n_points=40_000)["recall@0.01"] < 0.55
+
+
+def test_views_from_scene_maps_cameras_to_world() -> None:
+    from recon.datasets.scene import Scene
+
+    views = _camera_looking_down()
+    scale_mat = np.diag([2.0, 2.0, 2.0, 1.0])
+    scale_mat[:3, 3] = (1.0, 2.0, 3.0)
+    normalised = views.cam_to_world.copy()
+    normalised[:, :3, 3] = (normalised[:, :3, 3] - scale_mat[:3, 3]) / 2.0
+    scene = Scene(np.zeros((1, 64, 64, 3), np.uint8), views.intrinsics, normalised, scale_mat)
+    np.testing.assert_allclose(Views.from_scene(scene).cam_to_world, views.cam_to_world, atol=1e-12)
+    scale_mat[0, 1] = 0.5
+    with pytest.raises(InputError, match="similarity"):
+        Views.from_scene(Scene(scene.images, scene.intrinsics, normalised, scale_mat))
+
+
+# ----------------------------------------------------------------------------- detail measure
+
+
+def test_surface_variation_plane_sphere_and_crease() -> None:
+    rng = np.random.default_rng(0)
+    plane = np.c_[rng.uniform(-1, 1, (20_000, 2)), np.zeros(20_000)]
+    assert surface_variation(plane, 0.1).max() < 1e-12
+    sphere, _ = sample_surface(trimesh.creation.icosphere(subdivisions=6), 50_000, seed=0)
+    # a cap of radius r on a unit sphere: sagitta variance over in-plane variance -> l0 / sum ~ r^2 / 24
+    assert np.median(surface_variation(sphere, 0.1)) == pytest.approx(0.1**2 / 24, rel=0.15)
+    crease = np.r_[plane[plane[:, 0] < 0], np.c_[plane[plane[:, 0] >= 0][:, 0], plane[plane[:, 0] >= 0][:, 1],
+                                                   plane[plane[:, 0] >= 0][:, 0]]]  # folded 45 degrees at x = 0
+    sv = surface_variation(crease, 0.1)
+    near = np.abs(crease[:, 0]) < 0.02
+    far = np.abs(crease[:, 0]) > 0.2
+    assert sv[near].mean() > 20 * max(sv[far].mean(), 1e-6)
+
+
+def test_detail_measure_separates_lost_detail_from_offset() -> None:
+    """A sphere with fine rings: smoothing the rings away costs detail NC; a small shift costs little."""
+    ico = trimesh.creation.icosphere(subdivisions=6)
+    v = ico.vertices
+    gt = trimesh.Trimesh(v * (1.0 + 0.01 * np.sin(40 * v[:, 2]))[:, None], ico.faces, process=False)
+    smooth = trimesh.smoothing.filter_laplacian(gt.copy(), iterations=20)
+    shifted = gt.copy().apply_translation((0.01, 0.0, 0.0))  # 0.29% of the diagonal
+    m_same, m_smooth, m_shift = (mesh_metrics(m, gt, n_points=50_000) for m in (gt, smooth, shifted))
+    floor = 1 - m_same["detail_normal_consistency"]
+    assert floor < 0.01
+    # Chamfer ranks the shift worse than the smoothing; the detail measure ranks it far better
+    assert m_shift["chamfer_l1"] > m_smooth["chamfer_l1"]
+    loss_smooth = 1 - m_smooth["detail_normal_consistency"] - floor
+    loss_shift = 1 - m_shift["detail_normal_consistency"] - floor
+    assert loss_smooth > 0.005 and loss_smooth > 10 * abs(loss_shift)
+
+
+def test_detail_region_lies_along_the_creases() -> None:
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    pts, _ = sample_surface(box, 60_000, seed=0)
+    region = detail_region(pts, 0.03)
+    # on a cube, the most curved tenth and its 0.03 neighbourhood lie along the edges
+    dist_to_edge = np.sort(0.5 - np.abs(pts), axis=1)[:, 1]
+    assert np.all(dist_to_edge[region] < 0.07)
+    assert 0.15 < region.mean() < 0.45 and np.all(region[dist_to_edge < 0.01])
+
+
+def test_cli_eval_with_culling(tiny_scene_dir, tmp_path, capsys) -> None:
+    import json
+
+    from recon.cli import main
+
+    gt = tiny_scene_dir / "gt_mesh.ply"
+    out = tmp_path / "m.json"
+    args = ["eval", str(gt), "--gt", str(gt), "--cull-to", str(tiny_scene_dir), "--json", str(out), "--points", "10000"]
+    assert main(args) == 0
+    m = json.loads(out.read_text())
+    assert 0.5 < m["kept_gt"] <= 1.0 and m["fscore@0.02"] > 0.99 and "detail_normal_consistency" in m
+    capsys.readouterr()
+    assert main(["eval", str(gt), "--gt", str(gt), "--detail-radius", "2"]) == 2
+    assert "--detail-radius" in capsys.readouterr().err

@@ -14,4 +14,10 @@ PIP=".venv/bin/python -m pip"
 # torch first and pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine.
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q torch==2.13.0
 $PIP install -q -e ".[metrics,test]"
+
+# Optional: headless Chromium for tools/screenshot_report.sh (and its test): RECON_CHROMIUM=1 bash tools/setup.sh
+if [ "${RECON_CHROMIUM:-0}" = "1" ] && ! command -v chromium >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 echo "recon is set up in .venv (run: .venv/bin/recon --help)"

@@ -15,75 +15,65 @@ Layout::
 
 from __future__ import annotations
 
-import re
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 
+from recon.datasets import files
 from recon.datasets.cameras import decompose_projection
+from recon.datasets.files import IMAGE_SUFFIXES
+from recon.datasets.resample import downscale_float, downscale_uint8, downscaled_intrinsics, downscaled_size
 from recon.datasets.scene import Scene
+from recon.datasets.validate import check_cameras
 from recon.errors import InputError
 
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")
 IMAGE_DIRS = ("image", "images")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GT_MESH_NAME = "gt_mesh.ply"
 
 
-def load_dtu(data_dir: str | Path) -> Scene:
+def load_dtu(data_dir: str | Path, downscale: int = 1) -> Scene:
     """Load a DTU/IDR/NeuS scene into a :class:`Scene` in normalised coordinates.
 
+    ``downscale``: integer factor of area averaging (images, masks, cues; intrinsics to match).
     Every problem with the input raises :class:`InputError` naming the file;
-    cameras and image sizes are checked before any image is decoded.
+    cameras, image sizes and cue shapes are checked before any image is decoded.
     """
     root = Path(data_dir)
-    if not root.exists():
-        raise InputError(root, "data directory does not exist")
-    if not root.is_dir():
-        raise InputError(root, "data path is not a directory")
-    camera_file = _find_camera_file(root)
+    files.check_data_dir(root)
+    camera_file = find_camera_file(root)
     image_paths = _find_images(root)
-    cameras = _read_npz(camera_file)
-    intrinsics, poses, scale_mat = _cameras_for(cameras, camera_file, image_paths)
-    height, width = _check_same_size(image_paths)
+    cameras = read_npz(camera_file)
+    intrinsics, poses, scale_mat = cameras_for(cameras, camera_file, image_paths)
+    size = files.check_same_size(image_paths)
     mask_paths = _matched_files(root / "mask", IMAGE_SUFFIXES, image_paths)
     if mask_paths is not None:
-        _check_sizes(mask_paths, (height, width), "mask")
+        files.check_sizes(mask_paths, size, "mask")
     depth_paths = _matched_files(root / "depth", (".npy",), image_paths)
     normal_paths = _matched_files(root / "normal", (".npy",), image_paths)
-    images = np.stack(_read_all(image_paths, _read_rgb))
-    masks = None if mask_paths is None else np.stack(_read_all(mask_paths, _read_mask))
+    check_cue_shapes(depth_paths, size)
+    check_cue_shapes(normal_paths, (*size, 3))
     world_per_unit = float(abs(np.linalg.det(scale_mat[:3, :3])) ** (1.0 / 3.0))
-    depths = _load_cues(depth_paths, (height, width))
-    normals = _load_cues(normal_paths, (height, width, 3))
+    depths = load_cues(depth_paths, size, downscale, lambda a: a / world_per_unit)
     gt_mesh = root / GT_MESH_NAME
     return Scene(
-        images=images,
-        intrinsics=intrinsics,
+        images=read_images(image_paths, size, downscale, files.read_rgb),
+        intrinsics=downscaled_intrinsics(intrinsics, downscale),
         cam_to_world=poses,
         scale_mat=scale_mat,
-        masks=masks,
-        depths=None if depths is None else (depths / world_per_unit).astype(np.float32),
-        normals=normals,
+        masks=None if mask_paths is None else read_masks(mask_paths, size, downscale, files.read_mask_values),
+        depths=depths,
+        normals=load_cues(normal_paths, (*size, 3), downscale, None),
         image_paths=tuple(image_paths),
         gt_mesh_path=gt_mesh if gt_mesh.is_file() else None,
+        format="dtu",
     )
 
 
-def natural_key(path: Path) -> list[int | str]:
-    """Sort key that orders ``img2`` before ``img10``."""
-    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path.name)]
-
-
-def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
-    return sorted(files, key=natural_key)
-
-
-def _find_camera_file(root: Path) -> Path:
+def find_camera_file(root: Path) -> Path:
+    """cameras_sphere.npz, else cameras.npz."""
     for name in CAMERA_FILES:
         if (root / name).is_file():
             return root / name
@@ -94,25 +84,22 @@ def _find_images(root: Path) -> list[Path]:
     folder = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), None)
     if folder is None:
         raise InputError(root, f"no image folder (expected {' or '.join(d + '/' for d in IMAGE_DIRS)})")
-    paths = _list_files(folder, IMAGE_SUFFIXES)
+    paths = files.list_files(folder, IMAGE_SUFFIXES)
     if not paths:
         raise InputError(folder, "no images (.png/.jpg) in the image folder")
+    files.check_numbering(paths, lambda p: p.stem, "world_mat_i")
     return paths
 
 
-def _reason(exc: Exception) -> str:
-    """One-line description of a library error."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickles)."""
     if not zipfile.is_zipfile(path):
         raise InputError(path, "not a valid .npz archive")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: np.asarray(data[key]) for key in data.files}
     except Exception as exc:  # zip, pickle and format errors all mean the same to the user
-        raise InputError(path, f"cannot read cameras file ({_reason(exc)})") from exc
+        raise InputError(path, f"cannot read cameras file ({files.reason(exc)})") from exc
 
 
 def _as_4x4(matrix: np.ndarray, key: str, camera_file: Path) -> np.ndarray:
@@ -126,7 +113,7 @@ def _as_4x4(matrix: np.ndarray, key: str, camera_file: Path) -> np.ndarray:
     return matrix
 
 
-def _cameras_for(
+def cameras_for(
     cameras: dict[str, np.ndarray], camera_file: Path, image_paths: list[Path]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, 3, 3) K, (N, 4, 4) normalised poses and the (4, 4) scale_mat of image 0."""
@@ -147,103 +134,76 @@ def _cameras_for(
         intrinsics.append(K)
         poses.append(pose)
         scale_mats.append(scale_mat)
-    return np.stack(intrinsics), np.stack(poses), scale_mats[0]
-
-
-def _image_shape(path: Path) -> tuple[int, ...]:
-    try:
-        return tuple(iio.improps(path).shape)
-    except Exception as exc:
-        raise InputError(path, f"cannot read image ({_reason(exc)})") from exc
-
-
-def _size_text(shape: tuple[int, ...]) -> str:
-    return f"{shape[1]}x{shape[0]}"
-
-
-def _check_same_size(image_paths: list[Path]) -> tuple[int, int]:
-    """(H, W) shared by all images, read from the file headers."""
-    first = _image_shape(image_paths[0])[:2]
-    for path in image_paths[1:]:
-        shape = _image_shape(path)[:2]
-        if shape != first:
-            raise InputError(
-                path,
-                f"image is {_size_text(shape)} (WxH) but {image_paths[0].name} is {_size_text(first)}; "
-                "all images must have the same size",
-            )
-    return first
-
-
-def _check_sizes(paths: list[Path], size: tuple[int, int], what: str) -> None:
-    for path in paths:
-        shape = _image_shape(path)[:2]
-        if shape != size:
-            problem = f"{what} is {_size_text(shape)} (WxH) but the images are {_size_text(size)}"
-            raise InputError(path, problem)
+    intrinsics, poses = np.stack(intrinsics), np.stack(poses)
+    check_cameras(intrinsics, poses, camera_file, [f"world_mat_{i}" for i in range(len(poses))])
+    return intrinsics, poses, scale_mats[0]
 
 
 def _matched_files(folder: Path, suffixes: tuple[str, ...], image_paths: list[Path]) -> list[Path] | None:
     """Files of an optional per-image folder, or None when the folder is absent."""
     if not folder.is_dir():
         return None
-    paths = _list_files(folder, suffixes)
+    paths = files.list_files(folder, suffixes)
     if len(paths) != len(image_paths):
         raise InputError(folder, f"{len(paths)} files for {len(image_paths)} images; counts must match")
     return paths
 
 
-def _decode(path: Path) -> np.ndarray:
-    try:
-        return iio.imread(path)
-    except Exception as exc:
-        raise InputError(path, f"cannot decode image, corrupt or truncated ({_reason(exc)})") from exc
+def read_images(
+    paths: Sequence[Path], size: tuple[int, int], downscale: int, read: Callable[[Path], np.ndarray]
+) -> np.ndarray:
+    """(N, H', W', 3) uint8, filled in place: the only full copy of the pixels."""
+    h, w = downscaled_size(*size, downscale)
+    out = np.empty((len(paths), h, w, 3), dtype=np.uint8)
+    return files.fill_parallel(out, paths, lambda p: downscale_uint8(read(p), downscale))
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    return np.clip(array.astype(np.float32), 0, 255).astype(np.uint8)
+def read_masks(
+    paths: Sequence[Path], size: tuple[int, int], downscale: int, read: Callable[[Path], np.ndarray]
+) -> np.ndarray:
+    """(N, H', W') bool: ``read(path)`` gives (H, W) uint8 values, area-averaged, foreground > 127."""
+    h, w = downscaled_size(*size, downscale)
+    out = np.empty((len(paths), h, w), dtype=bool)
+    return files.fill_parallel(out, paths, lambda p: downscale_uint8(read(p), downscale) > 127)
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8: alpha dropped, grey replicated."""
-    image = _to_uint8(_decode(path))
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise InputError(path, f"unexpected image array shape {image.shape}")
-    if image.shape[2] in (1, 2):  # grey, or grey + alpha
-        return np.repeat(image[..., :1], 3, axis=2)
-    return np.ascontiguousarray(image[..., :3])
+def check_cue_shapes(paths: list[Path] | None, shape: tuple[int, ...]) -> None:
+    """Raise unless every ``.npy`` in ``paths`` has ``shape`` (read from the headers)."""
+    for path in paths or []:
+        found = files.array_shape(path)
+        if found != shape:
+            raise InputError(path, f"shape {found} does not match the images, expected {shape}")
 
 
-def _read_mask(path: Path) -> np.ndarray:
-    """(H, W) bool: first channel > 127."""
-    mask = _to_uint8(_decode(path))
-    return (mask if mask.ndim == 2 else mask[..., 0]) > 127
-
-
-def _read_all(paths: list[Path], reader) -> list[np.ndarray]:
-    with ThreadPoolExecutor(max_workers=min(8, len(paths))) as pool:
-        return list(pool.map(reader, paths))
-
-
-def _load_cues(paths: list[Path] | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    """(N, *shape) float32 from .npy files, or None when there are none."""
+def load_cues(
+    paths: list[Path] | None, shape: tuple[int, ...], downscale: int,
+    convert: Callable[[np.ndarray], np.ndarray] | None,
+) -> np.ndarray | None:
+    """(N, H', W'[, 3]) float32 cues from ``.npy`` files of ``shape`` (checked), or None."""
     if paths is None:
         return None
-    arrays = []
-    for path in paths:
-        try:
-            array = np.load(path)
-        except Exception as exc:
-            raise InputError(path, f"cannot read array ({_reason(exc)})") from exc
+    h, w = downscaled_size(shape[0], shape[1], downscale)
+    out = np.empty((len(paths), h, w, *shape[2:]), dtype=np.float32)
+    for i, path in enumerate(paths):
+        array = files.read_array(path)
         if array.shape != shape:
             raise InputError(path, f"shape {array.shape} does not match the images, expected {shape}")
-        arrays.append(array.astype(np.float32))
-    return np.stack(arrays)
+        if not np.all(np.isfinite(array)):
+            raise InputError(path, "has non-finite values (NaN or inf)")
+        array = array if convert is None else convert(array)
+        out[i] = downscale_cue(array.astype(np.float32), downscale)
+    return out
+
+
+def downscale_cue(cue: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean of a depth (H, W) cue over its valid (> 0) pixels, or of a normal (H, W, 3) cue
+    made unit length; a block without any valid pixel stays 0 (no cue)."""
+    if cue.ndim == 2:
+        if factor == 1:
+            return cue.astype(np.float32, copy=False)
+        count = downscale_float((cue > 0).astype(np.float32), factor)
+        total = downscale_float(np.maximum(cue, 0.0), factor)
+        return np.where(count > 0, total / np.maximum(count, 1e-12), 0.0).astype(np.float32)
+    total = downscale_float(cue, factor)
+    norm = np.linalg.norm(total, axis=-1, keepdims=True)
+    return np.where(norm > 1e-6, total / np.maximum(norm, 1e-6), 0.0).astype(np.float32)

@@ -16,8 +16,10 @@ from recon.render.compositing import (
     composite,
     weights_from_alpha,
 )
+from recon.render.background import BackgroundField, background_start
 from recon.render.density import LearnableBeta, LearnableInvS, laplace_density, neus_alpha
-from recon.render.samplers import error_bounded_sample, ray_sphere_near_far, surface_guided_sample
+from recon.render.occupancy import OccupancyGrid
+from recon.render.samplers import RaySegments, error_bounded_sample, ray_sphere_near_far, surface_guided_sample
 
 SAMPLERS = {"error_bounded": error_bounded_sample, "surface_guided": surface_guided_sample}
 
@@ -29,8 +31,8 @@ class RenderOutput:
     rgb (R, 3) composited over the background; depth (R,) sum of weight x distance along
     the unit ray direction (divide by opacity for the expected hit distance); normal (R, 3) world-space, weighted by the sample weights;
     opacity (R,); weights (R, S); gradients (R, S, 3) of the SDF at the samples
-    (differentiable when training, for the eikonal loss); hit (R,) rays that meet
-    the scene sphere.
+    (differentiable when training, for the eikonal loss); hit (R,) rays that were
+    rendered: they meet the scene sphere (and, with an occupancy grid, an occupied cell).
     """
 
     rgb: torch.Tensor
@@ -70,26 +72,35 @@ def render_rays(
     origins: torch.Tensor,
     dirs: torch.Tensor,
     cfg: RenderConfig,
-    background: torch.Tensor,
+    background: torch.Tensor | BackgroundField,
     training: bool,
     image_index: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    occupancy: OccupancyGrid | None = None,
 ) -> RenderOutput:
-    """Render rays (R, 3) origins and unit directions; ``background`` (3,) fills what is not opaque.
+    """Render rays (R, 3) origins and unit directions; ``background`` fills what is not opaque:
+    a constant colour (3,), or a ``BackgroundField`` rendered beyond the scene sphere.
 
     ``training`` jitters the samples and keeps the SDF gradients differentiable (for the eikonal
-    loss); ``image_index`` (R,) selects per-image appearance codes.
+    loss); ``image_index`` (R,) selects per-image appearance codes. With an ``occupancy`` grid,
+    samples go only to occupied cells, and rays that cross none are not rendered (zero opacity).
     """
     n_rays = origins.shape[0]
     near, far, hit = ray_sphere_near_far(origins, dirs, cfg.scene_radius)
-    out = _empty_output(n_rays, origins, hit)
-    if hit.any():
-        index = hit.nonzero(as_tuple=True)[0]
+    segments = occupancy.segments(origins, dirs, near, far) if occupancy is not None else None
+    rendered = hit if segments is None else hit & (segments.length > 0)
+    out = _empty_output(n_rays, origins, rendered)
+    if rendered.any():
+        index = rendered.nonzero(as_tuple=True)[0]
         rays_index = image_index[index] if image_index is not None else None
         inner = _render_hits(
-            field, density, origins[index], dirs[index], near[index], far[index], cfg, training, rays_index, generator
+            field, density, origins[index], dirs[index], near[index], far[index], cfg, training, rays_index, generator,
+            None if segments is None else segments.select(index),
         )
         out = _scatter(out, inner, index)
+    if isinstance(background, BackgroundField):
+        start = background_start(origins, dirs, far, hit)
+        background = background.render(origins, dirs, start, cfg, training, generator)
     out.rgb = out.rgb + (1.0 - out.opacity[:, None]) * background
     return out
 
@@ -105,11 +116,16 @@ def _render_hits(
     training: bool,
     image_index: torch.Tensor | None,
     generator: torch.Generator | None,
+    segments: RaySegments | None,
 ) -> RenderOutput:
     with torch.no_grad():
         beta = float(density.current_beta())
         sampler = SAMPLERS[cfg.sampler]
-        t = sampler(field.sdf, origins, dirs, near, far, beta, cfg, perturb=training, generator=generator)
+        t = sampler(
+            field.sdf, origins, dirs, near, far, beta, cfg, perturb=training, generator=generator, segments=segments
+        )
+    # quadrature cells on the occupied length: the empty space between segments holds no density
+    tau, lo, hi = (t, near, far) if segments is None else (segments.to_tau(t), torch.zeros_like(near), segments.length)
     n_rays, n_samples = t.shape
     points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
     sdf, feature, gradient = field.sdf_feature_gradient(points.reshape(-1, 3), create_graph=training)
@@ -118,7 +134,7 @@ def _render_hits(
     sample_index = None if image_index is None else image_index[:, None].expand(n_rays, n_samples).reshape(-1)
     rgb = field.color_net(points.reshape(-1, 3), view, normals, feature, sample_index).view(n_rays, n_samples, 3)
     cos = (gradient * view).sum(-1).view(n_rays, n_samples)
-    alpha = density.alpha(sdf.view(n_rays, n_samples), cos, centred_deltas_from_t(t, near[:, None], far[:, None]))
+    alpha = density.alpha(sdf.view(n_rays, n_samples), cos, centred_deltas_from_t(tau, lo, hi))
     weights = weights_from_alpha(alpha)
     return RenderOutput(
         rgb=composite(weights, rgb),

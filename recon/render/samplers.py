@@ -6,11 +6,17 @@ share one contract: they call ``sdf_fn`` (points ``(M, 3)`` -> SDF ``(M,)``)
 under ``torch.no_grad`` and return sorted distances
 ``(R, cfg.n_importance + cfg.n_extra)`` within ``[near, far]``, at which the
 renderer evaluates the field again, with gradients.
+
+Given ``segments`` (the occupied stretches of each ray, from an occupancy grid),
+a sampler works in the occupied length ``tau`` instead of ``t``: empty space is
+cut out of the ray, so every sample (and every SDF evaluation) falls where the
+surface can be, and the returned distances lie inside the segments.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -24,6 +30,7 @@ if TYPE_CHECKING:  # only read attributes: no import-time dependency on the conf
 
 __all__ = [
     "SdfFn",
+    "RaySegments",
     "ray_sphere_near_far",
     "uniform_t",
     "sample_pdf",
@@ -160,6 +167,109 @@ def sample_pdf(
     return bin_lo + frac.clamp(0.0, 1.0) * (bin_hi - bin_lo)
 
 
+# ----------------------------------------------------------------------------- occupied segments
+
+
+@dataclass
+class RaySegments:
+    """The occupied stretches of ``R`` rays: ``K`` disjoint segments per ray, in order.
+
+    Segment ``k`` of a ray is ``[start_k, end_k]`` (distances along the ray); rays with
+    fewer segments are padded with empty ones at their last end. ``cum_end`` is the
+    occupied length up to each segment's end, so ``length = cum_end[:, -1]``.
+
+    The occupied length ``tau`` in ``[0, length]`` parametrises the union of the
+    segments: ``to_t`` maps it to distances, ``to_tau`` back.
+    """
+
+    start: Tensor
+    end: Tensor
+    cum_end: Tensor
+
+    @classmethod
+    def from_bins(cls, edges: Tensor, occupied: Tensor) -> RaySegments:
+        """Merge runs of occupied bins: sorted bin edges ``(R, M + 1)``, ``occupied`` bool ``(R, M)``."""
+        n_bins = occupied.shape[1]
+        index = torch.arange(n_bins, device=occupied.device)
+        none = torch.zeros_like(occupied[:, :1])
+        first = occupied & ~torch.cat([none, occupied[:, :-1]], dim=-1)
+        last = occupied & ~torch.cat([occupied[:, 1:], none], dim=-1)
+        k = max(int(first.sum(-1).max()), 1) if n_bins else 1
+        first_i = torch.where(first, index, n_bins).sort(dim=-1).values[:, :k]
+        last_i = torch.where(last, index, n_bins).sort(dim=-1).values[:, :k]
+        valid = first_i < n_bins
+        start = edges.gather(1, first_i.clamp(max=max(n_bins - 1, 0)))
+        end = edges.gather(1, (last_i + 1).clamp(max=n_bins))
+        n_valid = valid.sum(-1, keepdim=True)
+        pad = torch.where(n_valid > 0, end.gather(1, (n_valid - 1).clamp(min=0)), edges[:, :1])
+        start, end = torch.where(valid, start, pad), torch.where(valid, end, pad)
+        return cls(start, end, torch.cumsum(end - start, dim=-1))
+
+    @property
+    def length(self) -> Tensor:
+        """Occupied length of each ray, ``(R,)``."""
+        return self.cum_end[:, -1]
+
+    def select(self, rows: Tensor) -> RaySegments:
+        """The segments of the rays ``rows`` (an index or a bool mask)."""
+        return RaySegments(self.start[rows], self.end[rows], self.cum_end[rows])
+
+    def to_t(self, tau: Tensor) -> Tensor:
+        """Distances ``(R, S)`` at occupied lengths ``tau`` ``(R, S)`` (within ``[0, length]``)."""
+        k = torch.searchsorted(self.cum_end, tau.contiguous()).clamp(max=self.cum_end.shape[1] - 1)
+        start, end = self.start.gather(1, k), self.end.gather(1, k)
+        t = end - (self.cum_end.gather(1, k) - tau)
+        return torch.minimum(torch.maximum(t, start), end)
+
+    def to_tau(self, t: Tensor) -> Tensor:
+        """Occupied lengths ``(R, S)`` at distances ``t`` ``(R, S)`` (clamped into the segments)."""
+        k = (torch.searchsorted(self.start, t.contiguous(), right=True) - 1).clamp(min=0)
+        start, end, cum_end = self.start.gather(1, k), self.end.gather(1, k), self.cum_end.gather(1, k)
+        return cum_end - (end - torch.minimum(torch.maximum(t, start), end))
+
+
+class _RaySdf:
+    """The SDF along ``R`` rays at distances, or at occupied lengths when ``segments`` is given."""
+
+    def __init__(self, sdf_fn: SdfFn, origins: Tensor, dirs: Tensor, segments: RaySegments | None) -> None:
+        self.sdf_fn, self.origins, self.dirs, self.segments = sdf_fn, origins, dirs, segments
+
+    def distances(self, t: Tensor, rows: Tensor | None = None) -> Tensor:
+        """``t`` (or ``tau``) ``(R', S)`` -> distances along the rays (``rows`` selects R' of the R)."""
+        if self.segments is None:
+            return t
+        return (self.segments if rows is None else self.segments.select(rows)).to_t(t)
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """SDF at ``t`` ``(R, K)`` on every ray -> ``(R, K)``."""
+        return _sdf_along_rays(self.sdf_fn, self.origins, self.dirs, self.distances(t)).to(t.dtype)
+
+    def on_rows(self, t: Tensor, rows: Tensor, fill: Tensor) -> Tensor:
+        """SDF at ``t`` on the rows where ``rows`` (bool ``(R,)``) holds; ``fill`` elsewhere."""
+        out = fill.clone()
+        if bool(rows.any()):
+            dist = self.distances(t[rows], rows)
+            out[rows] = _sdf_along_rays(self.sdf_fn, self.origins[rows], self.dirs[rows], dist).to(fill.dtype)
+        return out
+
+
+def _ray_range(near: Tensor, far: Tensor, segments: RaySegments | None) -> tuple[Tensor, Tensor]:
+    """The range a sampler works on: ``[near, far]``, or ``[0, occupied length]``."""
+    if segments is None:
+        return near, far
+    return torch.zeros_like(near), segments.length.to(near.dtype)
+
+
+def _coarse_count(n_eval: int, near: Tensor, far: Tensor, segments: RaySegments | None, minimum: int) -> int:
+    """Coarse samples per ray: ``n_eval``, or with segments as few as keep every ray's spacing no
+    wider than ``n_eval`` samples over its whole ``[near, far]`` would give."""
+    if segments is None:
+        return n_eval
+    fraction = segments.length / (far - near).clamp(min=torch.finfo(far.dtype).tiny)
+    needed = 1 + math.ceil((n_eval - 1) * float(fraction.max().clamp(max=1.0))) if fraction.numel() else minimum
+    return min(max(needed, minimum), n_eval)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -189,14 +299,6 @@ def _sdf_along_rays(sdf_fn: SdfFn, origins: Tensor, dirs: Tensor, t: Tensor) -> 
     """SDF at ``o + t d``: ``(R, 3), (R, 3), (R, K) -> (R, K)``."""
     points = origins[:, None, :] + t[..., None] * dirs[:, None, :]
     return sdf_fn(points.reshape(-1, 3)).reshape(t.shape)
-
-
-def _sdf_on_rows(sdf_fn: SdfFn, origins: Tensor, dirs: Tensor, t: Tensor, rows: Tensor, fill: Tensor) -> Tensor:
-    """SDF at ``t`` on the rows where ``rows`` (bool ``(R,)``) holds; ``fill`` elsewhere."""
-    out = fill.clone()
-    if bool(rows.any()):
-        out[rows] = _sdf_along_rays(sdf_fn, origins[rows], dirs[rows], t[rows]).to(fill.dtype)
-    return out
 
 
 def _merge(t_a: Tensor, s_a: Tensor, t_b: Tensor, s_b: Tensor) -> tuple[Tensor, Tensor]:
@@ -337,6 +439,7 @@ def error_bounded_sample(
     *,
     perturb: bool = False,
     generator: torch.Generator | None = None,
+    segments: RaySegments | None = None,
 ) -> Tensor:
     """VolSDF's error-bounded sampler (its Algorithm 1), vectorised over rays.
 
@@ -371,16 +474,21 @@ def error_bounded_sample(
             random ``n_extra`` indices. Otherwise deterministic (evenly spaced
             quantiles and evenly strided extra samples).
         generator: random source for ``perturb``.
+        segments: occupied stretches of the rays (``RaySegments``); the
+            algorithm then runs on the occupied length, with ``n_eval`` samples.
 
     Returns:
-        ``t``, ``(R, cfg.n_importance + cfg.n_extra)``, sorted, within ``[near, far]``.
+        ``t``, ``(R, cfg.n_importance + cfg.n_extra)``, sorted, within ``[near, far]``
+        (within the segments when given).
     """
     _check_rays(origins, dirs, near, far)
     _check_counts(cfg, min_eval=2)
     beta_f = float(beta)
+    ray_sdf = _RaySdf(sdf_fn, origins, dirs, segments)
+    near, far = _ray_range(near, far, segments)
     with torch.no_grad():
         t0 = uniform_t(near, far, cfg.n_eval, perturb, generator)
-        s0 = _sdf_along_rays(sdf_fn, origins, dirs, t0).to(t0.dtype)
+        s0 = ray_sdf(t0)
         t, s = t0, s0
         beta_t = torch.full_like(near, beta_f)
         beta_plus = torch.maximum(_initial_beta_plus(near, far, cfg.n_eval, cfg.eps), beta_t)
@@ -394,7 +502,7 @@ def error_bounded_sample(
             trans, err = _bound_terms(*intervals, beta_plus[:, None])
             t_new = sample_pdf(t, trans * err, cfg.n_eval, det=not perturb, generator=generator)
             t_new = torch.where(active[:, None], t_new, t0)
-            s_new = _sdf_on_rows(sdf_fn, origins, dirs, t_new, active, fill=s0)
+            s_new = ray_sdf.on_rows(t_new, active, fill=s0)
             t, s = _merge(t, s, t_new, s_new)
             intervals = _intervals(t, s)
             beta_plus = _tighten_beta_plus(intervals, active, beta_t, beta_plus, cfg)
@@ -403,7 +511,7 @@ def error_bounded_sample(
         t_imp = sample_pdf(t, weights, cfg.n_importance, det=not perturb, generator=generator)
         t_extra = _pick_from_set(t, cfg.n_extra, perturb, generator)
         t_out = torch.sort(torch.cat([t_imp, t_extra], dim=-1), dim=-1).values
-        return torch.minimum(torch.maximum(t_out, near[:, None]), far[:, None])
+        return ray_sdf.distances(torch.minimum(torch.maximum(t_out, near[:, None]), far[:, None]))
 
 
 def _tighten_beta_plus(
@@ -481,6 +589,7 @@ def surface_guided_sample(
     generator: torch.Generator | None = None,
     refine_steps: int = 2,
     window: tuple[float, float] = (6.0, 8.0),
+    segments: RaySegments | None = None,
 ) -> Tensor:
     """Root-finding sampler: dense samples where the ray meets (or skims) the surface.
 
@@ -509,36 +618,43 @@ def surface_guided_sample(
     SDF evaluations per ray: ``n_eval``, plus 1 for the closest approach (on
     rays with samples before their crossing), plus ``refine_steps`` on hits.
 
+    With ``segments`` every step runs on the occupied length ``tau`` (empty space
+    cut out of the ray), with as few coarse samples as keep each ray's spacing no
+    wider than ``n_eval`` samples over its whole ``[near, far]`` (``_coarse_count``).
+
     Args:
         sdf_fn, origins, dirs, near, far, beta, cfg, perturb, generator: as in
             ``error_bounded_sample`` (``cfg.n_eval``, ``n_importance``,
             ``n_extra`` are read).
         refine_steps: regula-falsi steps.
         window: extent of the hit window before and after ``t*``, in ``beta / g``.
+        segments: occupied stretches of the rays (``RaySegments``).
 
     Returns:
-        ``t``, ``(R, cfg.n_importance + cfg.n_extra)``, sorted, within ``[near, far]``.
+        ``t``, ``(R, cfg.n_importance + cfg.n_extra)``, sorted, within ``[near, far]``
+        (within the segments when given).
     """
     _check_rays(origins, dirs, near, far)
     _check_counts(cfg, min_eval=3)
     beta_f = float(beta)
+    ray_sdf = _RaySdf(sdf_fn, origins, dirs, segments)
+    n_eval = _coarse_count(cfg.n_eval, near, far, segments, minimum=3)
+    near, far = _ray_range(near, far, segments)
     with torch.no_grad():
-        t0 = uniform_t(near, far, cfg.n_eval, perturb, generator)
-        s0 = _sdf_along_rays(sdf_fn, origins, dirs, t0).to(t0.dtype)
-        lo, hi = _surface_window(sdf_fn, origins, dirs, t0, s0, beta_f, refine_steps, window)
+        t0 = uniform_t(near, far, n_eval, perturb, generator)
+        s0 = ray_sdf(t0)
+        lo, hi = _surface_window(ray_sdf, t0, s0, beta_f, refine_steps, window)
         n_dense = (cfg.n_importance + 1) // 2
         t_dense = uniform_t(lo, hi, n_dense, perturb, generator)
         weights = _coarse_weights(t0, s0, beta_f)
         t_pdf = sample_pdf(t0, weights, cfg.n_importance - n_dense, det=not perturb, generator=generator)
         t_extra = _pick_from_set(t0, cfg.n_extra, perturb, generator)
         t_out = torch.sort(torch.cat([t_dense, t_pdf, t_extra], dim=-1), dim=-1).values
-        return torch.minimum(torch.maximum(t_out, near[:, None]), far[:, None])
+        return ray_sdf.distances(torch.minimum(torch.maximum(t_out, near[:, None]), far[:, None]))
 
 
 def _surface_window(
-    sdf_fn: SdfFn,
-    origins: Tensor,
-    dirs: Tensor,
+    ray_sdf: _RaySdf,
     t0: Tensor,
     s0: Tensor,
     beta: float,
@@ -549,14 +665,14 @@ def _surface_window(
     near, far = t0[:, 0], t0[:, -1]
     hit, i_cross, t_a, t_b, s_a, s_b = _first_crossing(t0, s0)
     t_v, curv, t_1, s_1, probe = _closest_approach(t0, s0, i_cross)
-    s_v = _sdf_on_rows(sdf_fn, origins, dirs, t_v[:, None], probe, fill=s_1[:, None])[:, 0]
+    s_v = ray_sdf.on_rows(t_v[:, None], probe, fill=s_1[:, None])[:, 0]
     found = probe & (s_1 > 0) & (s_v <= 0)
     t_a, s_a = torch.where(found, t_1, t_a), torch.where(found, s_1, s_a)
     t_b, s_b = torch.where(found, t_v, t_b), torch.where(found, s_v, s_b)
     hit = hit | found
     for _ in range(refine_steps):
         t_m = _secant(t_a, t_b, s_a, s_b)
-        s_m = _sdf_on_rows(sdf_fn, origins, dirs, t_m[:, None], hit, fill=s_a[:, None])[:, 0]
+        s_m = ray_sdf.on_rows(t_m[:, None], hit, fill=s_a[:, None])[:, 0]
         outside = s_m > 0
         t_a, s_a = torch.where(outside, t_m, t_a), torch.where(outside, s_m, s_a)
         t_b, s_b = torch.where(outside, t_b, t_m), torch.where(outside, s_b, s_m)

@@ -1,0 +1,63 @@
+"""Held-out views: the split, the scores (hand-computed) and a fit that reports them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST_FIT
+from recon.cli import main
+from recon.datasets import load_scene
+from recon.errors import InputError
+from recon.train import holdout_scores, split_holdout
+
+
+def test_split_keeps_every_kth_view_out(tiny_scene_dir: Path):
+    scene = load_scene(tiny_scene_dir)
+    train, held, indices = split_holdout(scene, 3)
+    assert indices == [0, 3, 6]
+    assert train.n_images == 5 and held is not None and held.n_images == 3
+    np.testing.assert_array_equal(held.images, scene.images[[0, 3, 6]])
+    np.testing.assert_array_equal(train.cam_to_world, scene.cam_to_world[[1, 2, 4, 5, 7]])
+    assert split_holdout(scene, 0)[1] is None and split_holdout(scene, 0)[0] is scene
+    for bad in (1, -2):
+        with pytest.raises(InputError, match="train.holdout"):
+            split_holdout(scene, bad)
+
+
+def test_holdout_scores_hand_computed():
+    target = np.zeros((2, 2, 3), dtype=np.float32)
+    rgb = np.zeros((2, 2, 3), dtype=np.float32)
+    rgb[0, 0] = 0.1  # inside the mask: error 0.1 on one of two mask pixels -> mse 0.005
+    rgb[1, 1] = 0.5  # outside the mask
+    mask = np.array([[1.0, 1.0], [0.0, 0.0]], dtype=np.float32)
+    opacity = np.array([[0.9, 0.2], [0.7, 0.1]], dtype=np.float32)  # opaque: (0,0), (1,0)
+    scores = holdout_scores({"rgb": rgb, "target": target, "mask": mask, "opacity": opacity})
+    assert scores["psnr"] == pytest.approx(-10 * math.log10(0.005), rel=1e-5)
+    assert scores["psnr_full"] == pytest.approx(-10 * math.log10((0.01 * 3 + 0.25 * 3) / 12), rel=1e-5)
+    assert scores["mask_iou"] == pytest.approx(1 / 3)  # intersection {(0,0)}, union {(0,0), (0,1), (1,0)}
+    assert holdout_scores({"rgb": rgb, "target": target, "opacity": opacity}).keys() == {"psnr"}
+
+
+def test_fit_with_holdout_reports_psnr_and_mask_iou(tiny_scene_dir: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    overrides = FAST_FIT + ["train.val_every=2", "train.batch_rays=64", "train.val_max_side=16"]
+    overrides.append("field.appearance_dim=4")  # held-out views render without an appearance code
+    args = ["fit", str(tiny_scene_dir), "--out", str(run), "--iters", "4", "--holdout", "4", "--quiet"]
+    assert main(args + overrides) == 0
+    printed = capsys.readouterr().out
+    assert "held-out views [0, 4]: psnr" in printed and "mask_iou" in printed
+    summary = json.loads((run / "holdout.json").read_text())
+    assert summary["step"] == 4 and summary["every"] == 4 and [v["view"] for v in summary["views"]] == [0, 4]
+    assert 0.0 <= summary["mask_iou"] <= 1.0 and math.isfinite(summary["psnr"]) and math.isfinite(summary["psnr_full"])
+    assert summary["psnr"] == pytest.approx(np.mean([v["psnr"] for v in summary["views"]]))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "holdout_psnr" in r] == [2, 4]
+    assert {"view_000.png", "view_004.png"} <= {p.name for p in (run / "holdout").iterdir()}
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["n_images"] == 6 and meta["holdout_views"] == [0, 4]
+    assert main(["fit", str(tiny_scene_dir), "--out", str(tmp_path / "bad"), "--holdout", "1", *overrides]) == 2
