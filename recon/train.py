@@ -188,7 +188,16 @@ def make_background(scene: Scene, cfg: Config, device: torch.device) -> torch.Te
 
 
 def split_holdout(scene: Scene, every: int) -> tuple[Scene, Scene | None, list[int]]:
-    """Training views, held-out views (0, K, 2K, ...; None when ``every`` is 0) and their indices."""
+    """Training views, held-out views (0, K, 2K, ...; None when ``every`` is 0) and their indices.
+
+    A scene whose format names a train split and an evaluation split (NeRF-synthetic's
+    ``transforms_{train,val,test}.json``) trains on its train split only, and, when ``every``
+    is not 0, holds out its ``val`` split (else ``test``) instead of every K-th view.
+    """
+    evaluation = next((name for name in ("val", "test") if name in scene.splits), None)
+    if "train" in scene.splits and evaluation is not None:
+        held = [int(i) for i in scene.splits[evaluation]] if every else []
+        return scene.split("train"), (scene.split(evaluation) if every else None), held
     if every == 0:
         return scene, None, []
     held = list(range(0, scene.n_images, every))

@@ -61,3 +61,13 @@ def test_fit_with_holdout_reports_psnr_and_mask_iou(tiny_scene_dir: Path, tmp_pa
     meta = json.loads((run / "meta.json").read_text())
     assert meta["n_images"] == 6 and meta["holdout_views"] == [0, 4]
     assert main(["fit", str(tiny_scene_dir), "--out", str(tmp_path / "bad"), "--holdout", "1", *overrides]) == 2
+
+
+def test_a_format_split_trains_on_train_and_holds_out_val(tiny_scene_dir: Path):
+    scene = load_scene(tiny_scene_dir)
+    scene.splits = {"train": np.arange(0, 6), "val": np.array([6, 7])}
+    train, held, indices = split_holdout(scene, every=4)
+    assert train.n_images == 6 and held is not None and held.n_images == 2 and indices == [6, 7]
+    np.testing.assert_array_equal(held.images, scene.images[6:])
+    train_only, none, empty = split_holdout(scene, every=0)
+    assert train_only.n_images == 6 and none is None and empty == []
