@@ -32,7 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from recon.config import EncodingConfig
-from recon.encodings.grid import GridEncoding, _can_defer, _current_task, _will_run
+from recon.encodings.grid import GridEncoding, _can_defer, _current_task, _will_run, interp_backward
 
 log = logging.getLogger(__name__)
 
@@ -179,19 +179,7 @@ class _FusedInterp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, go: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, table = ctx.saved_tensors
-        go = go.contiguous()
-        task = _current_task()
-        ctx.ran_in_task = task
-        deferred = [(ggx, go2) for t, ggx, go2 in ctx.deferred if t == task]
-        ctx.deferred.clear()
-        gx = _FusedGradX.apply(go, x, table, ctx.kernel, ctx.derivatives, ctx) if _will_run(ctx, 0) else None
-        gt = None
-        if _will_run(ctx, 1):
-            gt = _FusedGradTable.apply(go, x, table, ctx.kernel, deferred)
-        elif deferred:
-            raise RuntimeError("FusedGridEncoding: a deferred table gradient found no table to go to")
-        return gx, gt, None, None
+        return interp_backward(ctx, go.contiguous(), ctx.kernel, _FusedGradX, _FusedGradTable, "FusedGridEncoding")
 
 
 class _FusedGradX(torch.autograd.Function):

@@ -44,6 +44,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -544,18 +545,27 @@ class _GridInterp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, go: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        xt, table = ctx.saved_tensors
-        task = _current_task()
-        ctx.ran_in_task = task
-        deferred = [(ggx, go2) for t, ggx, go2 in ctx.deferred if t == task]
-        ctx.deferred.clear()
-        gx = _GradX.apply(go, xt, table, ctx.plan, ctx.derivatives, ctx) if _will_run(ctx, 0) else None
-        gt = None
-        if _will_run(ctx, 1):
-            gt = _GradTable.apply(go, xt, table, ctx.plan, deferred)
-        elif deferred:
-            raise RuntimeError("GridEncoding: a deferred table gradient found no table to go to")
-        return gx, gt, None, None
+        return interp_backward(ctx, go, ctx.plan, _GradX, _GradTable, "GridEncoding")
+
+
+def interp_backward(
+    ctx, go: torch.Tensor, backend: Any, grad_x: type, grad_table: type, owner: str
+) -> tuple[torch.Tensor | None, ...]:
+    """Backward of an interpolation node (saved tensors: points, table): the points' gradient
+    through ``grad_x`` and the table's through ``grad_table``, which also scatters the table
+    gradients that this pass's ``grad_x`` backward deferred to it. Shared by every CPU backend."""
+    x, table = ctx.saved_tensors
+    task = _current_task()
+    ctx.ran_in_task = task
+    deferred = [(ggx, go2) for t, ggx, go2 in ctx.deferred if t == task]
+    ctx.deferred.clear()
+    gx = grad_x.apply(go, x, table, backend, ctx.derivatives, ctx) if _will_run(ctx, 0) else None
+    gt = None
+    if _will_run(ctx, 1):
+        gt = grad_table.apply(go, x, table, backend, deferred)
+    elif deferred:
+        raise RuntimeError(f"{owner}: a deferred table gradient found no table to go to")
+    return gx, gt, None, None
 
 
 def _can_defer(interp: torch.autograd.function.FunctionCtx) -> bool:
