@@ -25,7 +25,7 @@ from scipy.ndimage import map_coordinates, uniform_filter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recon.datasets import load_scene  # noqa: E402
-from recon.datasets.cameras import project_points  # noqa: E402
+from recon.datasets.cameras import visual_hull  # noqa: E402
 from recon.datasets.normalize import closest_point_to_axes, visible_radius  # noqa: E402
 from recon.datasets.scene import Scene  # noqa: E402
 
@@ -64,16 +64,8 @@ def crop_offset(data: Path, views: tuple[int, ...] = (0, 5, 11)) -> None:
               f"MonoSDF's (0, 0) {at(0.0):.2f}; centre-aligned (+1.0625) ~ (+1, +1) {at(1.0):.2f}")
 
 
-def hull_radius(scene: Scene, n: int = 64, box: float = 1.6) -> float:
-    g = np.linspace(-box, box, n)
-    points = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    for K, pose, mask in zip(scene.intrinsics, scene.cam_to_world, scene.masks):
-        uv, z = project_points(K, pose, points)
-        u, v = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
-        ok = (z > 0) & (u >= 0) & (u < scene.width) & (v >= 0) & (v < scene.height)
-        keep = np.zeros(len(points), bool)
-        keep[ok] = mask[v[ok], u[ok]]
-        points = points[keep]
+def hull_radius(scene: Scene) -> float:
+    points = visual_hull(scene.intrinsics, scene.cam_to_world, scene.masks, n=64, box=1.6)
     return float(np.linalg.norm(points, axis=1).max())
 
 

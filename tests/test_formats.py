@@ -16,7 +16,7 @@ import trimesh
 
 from recon.cli import main
 from recon.datasets import detect_format, load_scene
-from recon.datasets.cameras import pixel_rays, project_points
+from recon.datasets.cameras import pixel_rays, visual_hull
 from recon.datasets.dtu import downscale_cue, load_dtu
 from recon.datasets.monosdf import crop_intrinsics
 from recon.datasets.normalize import closest_point_to_axes
@@ -410,18 +410,9 @@ def test_real_data_passes_recon_check(name: str, shared_data_dir: Path, capsys: 
     assert "inside the unit sphere" not in out and "look away" not in out
 
 
-def _visual_hull(scene: Scene, n: int = 48, box: float = 1.5) -> np.ndarray:
+def _visual_hull(scene: Scene) -> np.ndarray:
     """(M, 3) grid points (normalised) inside every mask; points outside an image are carved."""
-    g = np.linspace(-box, box, n)
-    points = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
-    for K, pose, mask in zip(scene.intrinsics, scene.cam_to_world, scene.masks):
-        uv, z = project_points(K, pose, points)
-        u, v = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
-        ok = (z > 0) & (u >= 0) & (u < scene.width) & (v >= 0) & (v < scene.height)
-        keep = np.zeros(len(points), bool)
-        keep[ok] = mask[v[ok], u[ok]]
-        points = points[keep]
-    return points
+    return visual_hull(scene.intrinsics, scene.cam_to_world, scene.masks)
 
 
 def test_real_lego_object_inside_unit_sphere_cameras_outside(shared_data_dir: Path) -> None:

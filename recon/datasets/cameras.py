@@ -118,3 +118,21 @@ def project_points(
     hom = np.asarray(points, dtype=np.float64) @ P[:, :3].T + P[:, 3]
     depth = hom[:, 2]
     return hom[:, :2] / depth[:, None], depth
+
+
+def visual_hull(
+    intrinsics: np.ndarray, cam_to_world: np.ndarray, masks: np.ndarray, n: int = 48, box: float = 1.5
+) -> np.ndarray:
+    """(M, 3) points of an n^3 grid over [-box, box]^3 that land inside every mask
+    ((N, H, W) bool); a point outside a view's image or behind its camera is carved."""
+    g = np.linspace(-box, box, n)
+    points = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    height, width = masks.shape[1:3]
+    for K, pose, mask in zip(intrinsics, cam_to_world, masks):
+        uv, z = project_points(K, pose, points)
+        u, v = np.rint(uv[:, 0]).astype(int), np.rint(uv[:, 1]).astype(int)
+        ok = (z > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+        keep = np.zeros(len(points), bool)
+        keep[ok] = mask[v[ok], u[ok]]
+        points = points[keep]
+    return points
