@@ -26,7 +26,7 @@ from recon.datasets.cameras import decompose_projection
 from recon.datasets.files import IMAGE_SUFFIXES
 from recon.datasets.resample import downscale_float, downscale_uint8, downscaled_intrinsics, downscaled_size
 from recon.datasets.scene import Scene
-from recon.datasets.validate import check_cameras
+from recon.datasets.validate import as_4x4, check_cameras
 from recon.errors import InputError
 
 CAMERA_FILES = ("cameras_sphere.npz", "cameras.npz")
@@ -102,17 +102,6 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(path, f"cannot read cameras file ({files.reason(exc)})") from exc
 
 
-def _as_4x4(matrix: np.ndarray, key: str, camera_file: Path) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape == (3, 4):
-        matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
-    if matrix.shape != (4, 4):
-        raise InputError(camera_file, f"{key} has shape {matrix.shape}, expected (4, 4) or (3, 4)")
-    if not np.all(np.isfinite(matrix)):
-        raise InputError(camera_file, f"{key} has non-finite values (NaN or inf)")
-    return matrix
-
-
 def cameras_for(
     cameras: dict[str, np.ndarray], camera_file: Path, image_paths: list[Path]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,8 +112,8 @@ def cameras_for(
         for key in (world_key, scale_key):
             if key not in cameras:
                 raise InputError(camera_file, f"no {key} for image {image.parent.name}/{image.name}")
-        world_mat = _as_4x4(cameras[world_key], world_key, camera_file)
-        scale_mat = _as_4x4(cameras[scale_key], scale_key, camera_file)
+        world_mat = as_4x4(cameras[world_key], camera_file, world_key)
+        scale_mat = as_4x4(cameras[scale_key], camera_file, scale_key)
         if np.linalg.matrix_rank(scale_mat[:3, :3]) < 3:
             raise InputError(camera_file, f"{scale_key} is degenerate (rank < 3)")
         P = (world_mat @ scale_mat)[:3, :4]

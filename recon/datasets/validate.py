@@ -13,15 +13,21 @@ ROTATION_TOLERANCE = 1e-3
 """Largest |R^T R - I| entry (and |det R - 1|) accepted for a pose's rotation."""
 
 
+def as_4x4(matrix: np.ndarray, where: str | Path, what: str) -> np.ndarray:
+    """(4, 4) float64 from a finite (4, 4) or (3, 4) matrix (a (3, 4) one gains the row (0, 0, 0, 1))."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape == (3, 4):
+        matrix = np.vstack([matrix, [0.0, 0.0, 0.0, 1.0]])
+    if matrix.shape != (4, 4):
+        raise InputError(where, f"{what} has shape {matrix.shape}, expected (4, 4) or (3, 4)")
+    if not np.all(np.isfinite(matrix)):
+        raise InputError(where, f"{what} has non-finite values (NaN or inf)")
+    return matrix
+
+
 def check_pose(pose: np.ndarray, where: str | Path, view: str) -> np.ndarray:
     """(4, 4) float64 camera-to-world pose: finite, a proper rotation, last row (0, 0, 0, 1)."""
-    pose = np.asarray(pose, dtype=np.float64)
-    if pose.shape == (3, 4):
-        pose = np.vstack([pose, [0.0, 0.0, 0.0, 1.0]])
-    if pose.shape != (4, 4):
-        raise InputError(where, f"{view}: pose has shape {pose.shape}, expected (4, 4) or (3, 4)")
-    if not np.all(np.isfinite(pose)):
-        raise InputError(where, f"{view}: pose has non-finite values (NaN or inf)")
+    pose = as_4x4(pose, where, f"{view}: pose")
     if not np.allclose(pose[3], [0.0, 0.0, 0.0, 1.0]):
         raise InputError(where, f"{view}: pose's last row is {pose[3].tolist()}, expected [0, 0, 0, 1]")
     R = pose[:3, :3]
