@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -54,3 +55,13 @@ FAST_FIT = [
     "train.log_every=10",
     "mesh.resolution=48",
 ]
+
+
+def sphere_rays(n: int, seed: int = 0, spread: float = 0.4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays from 2.5 away towards points drawn with std ``spread`` around the centre: hits,
+    grazes and misses of a sphere of radius 0.5. Returns origins, unit directions (n, 3)."""
+    g = torch.Generator().manual_seed(seed)
+    origins = torch.randn(n, 3, generator=g)
+    origins = 2.5 * origins / origins.norm(dim=-1, keepdim=True)
+    dirs = spread * torch.randn(n, 3, generator=g) - origins
+    return origins, dirs / dirs.norm(dim=-1, keepdim=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FAST_FIT
+from conftest import FAST_FIT, sphere_rays
 from recon.config import RenderConfig, load_config
 from recon.datasets import load_scene
 from recon.encodings.grid import hash_grid_levels
@@ -28,11 +28,7 @@ def sphere(p: torch.Tensor) -> torch.Tensor:
 
 def rays(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays from 2.5 away towards random points near the centre (about half miss the sphere of 0.5)."""
-    g = torch.Generator().manual_seed(seed)
-    o = torch.randn(n, 3, generator=g)
-    o = 2.5 * o / o.norm(dim=-1, keepdim=True)
-    d = 0.6 * torch.randn(n, 3, generator=g) - o
-    return o, d / d.norm(dim=-1, keepdim=True)
+    return sphere_rays(n, seed, spread=0.6)
 
 
 def cell_of(grid: OccupancyGrid, p: torch.Tensor) -> torch.Tensor:

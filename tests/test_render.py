@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import sphere_rays
 from recon.config import RenderConfig
 from recon.render import (
     LearnableBeta,
@@ -230,15 +231,6 @@ def test_interval_min_distance_is_a_lower_bound() -> None:
     assert (d_star <= true_min + 1e-5).all()
 
 
-def _sphere_rays(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays from 2.5 away towards points near the centre: hits, grazes and misses of r = 0.5."""
-    g = torch.Generator().manual_seed(seed)
-    origins = torch.randn(n, 3, generator=g)
-    origins = 2.5 * origins / origins.norm(dim=-1, keepdim=True)
-    dirs = 0.4 * torch.randn(n, 3, generator=g) - origins
-    return origins, dirs / dirs.norm(dim=-1, keepdim=True)
-
-
 def _sphere_sdf(p: torch.Tensor) -> torch.Tensor:
     return p.norm(dim=-1) - 0.5
 
@@ -248,7 +240,7 @@ def _sdf_at(origins: torch.Tensor, dirs: torch.Tensor, t: torch.Tensor) -> torch
 
 
 def test_opacity_error_bound_holds() -> None:
-    origins, dirs = _sphere_rays(128)
+    origins, dirs = sphere_rays(128)
     origins, dirs = origins.double(), dirs.double()
     near, far, _ = ray_sphere_near_far(origins, dirs, 1.0)
     g = torch.Generator().manual_seed(1)
@@ -287,7 +279,7 @@ def _render(origins, dirs, t, near, far, beta, quadrature):
 
 @pytest.fixture(scope="module")
 def sphere_reference():
-    origins, dirs = _sphere_rays(192)
+    origins, dirs = sphere_rays(192)
     near, far, hit = ray_sphere_near_far(origins, dirs, 1.0)
     beta = 0.01
     t_ref = uniform_t(near, far, 8192, perturb=False)
@@ -315,7 +307,7 @@ def test_sampler_accuracy_on_sphere(sampler, quadrature, counts, sphere_referenc
 @pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("perturb", [False, True])
 def test_sampler_contract(sampler, perturb) -> None:
-    origins, dirs = _sphere_rays(64, seed=3)
+    origins, dirs = sphere_rays(64, seed=3)
     origins[:4] = torch.tensor([0.0, 3.0, -3.0])  # these miss the unit sphere: near == far
     dirs[:4] = torch.tensor([0.0, 0.0, 1.0])
     near, far, hit = ray_sphere_near_far(origins, dirs, 1.0)
@@ -344,7 +336,7 @@ def test_sampler_contract(sampler, perturb) -> None:
 
 
 def test_error_bounded_stops_when_the_bound_holds() -> None:
-    origins, dirs = _sphere_rays(32)
+    origins, dirs = sphere_rays(32)
     near, far, _ = ray_sphere_near_far(origins, dirs, 1.0)
     count = [0]
 
@@ -378,7 +370,7 @@ def test_samplers_find_a_plate_thinner_than_the_coarse_spacing(sampler) -> None:
 
 
 def test_samplers_reject_bad_shapes_and_counts() -> None:
-    origins, dirs = _sphere_rays(4)
+    origins, dirs = sphere_rays(4)
     near, far, _ = ray_sphere_near_far(origins, dirs, 1.0)
     with pytest.raises(ValueError, match="origins"):
         ray_sphere_near_far(origins[:, :2], dirs, 1.0)
