@@ -1,7 +1,7 @@
 """A training step split by stage (occupancy grid, sampler, encoding, MLPs, optimiser), side by side.
 
 Run: .venv/bin/python benchmarks/bench_train_step.py [--scene DIR] [--steps 5] [--beta 0.01]
-         [--columns hashgrid,densegrid,hashgrid:render.occupancy_resolution=64] [section.key=value ...]
+         [--columns hashgrid,densegrid,hashgrid:render.occupancy_resolution=0] [section.key=value ...]
 
 Each column is an encoding, optionally followed by ``:``-separated overrides of its own. The
 field is the fresh sphere of the geometric initialisation with the density's beta set to
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--scene", type=Path, default=None, help="scene folder (default: synthesise the default scene)")
     parser.add_argument("--steps", type=int, default=5, help="repeats per measurement")
     parser.add_argument("--beta", type=float, default=0.01, help="density beta while timing")
-    parser.add_argument("--columns", default="hashgrid,densegrid,hashgrid:render.occupancy_resolution=64")
+    parser.add_argument("--columns", default="hashgrid,densegrid,hashgrid:render.occupancy_resolution=0")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,32 +96,51 @@ class RaySource:
             normal = torch.einsum("rji,rj->ri", rotation, self.normals[image_index, v, u].float())
         return RayBatch(origins, dirs, rgb, mask, image_index, z_scale, depth, normal)
 
-    def image_pixels(self, image_index: int, downscale: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        """Pixel coordinates (u, v), each (H' W',), of one image at 1/downscale; and H', W'.
-        An image with more than ``max_rays`` such pixels must go through ``image_chunks``."""
-        h, w = self.subsampled_size(downscale)
+    def image_batch(
+        self, image_index: int, downscale: int, background: torch.Tensor | None = None
+    ) -> tuple[RayBatch, int, int]:
+        """One image at 1/``downscale`` as it would be photographed at that resolution: a ray through
+        the centre of each ``downscale`` x ``downscale`` block of pixels, whose target is the block's
+        mean colour (mask: more than half the block is foreground); and the size H', W'. With masks
+        and a constant ``background`` (3,), the pixels outside the mask are that colour before the
+        blocks are averaged, so a block on the silhouette mixes the object with what a render shows
+        behind it, not with the photographed backdrop."""
+        h, w = -(-self.height // downscale), -(-self.width // downscale)
         self._check_budget(h * w)
-        (u, v), = self.image_chunks(image_index, downscale, h * w)
-        return u, v, h, w
-
-    def subsampled_size(self, downscale: int) -> tuple[int, int]:
-        """(H', W') of every ``downscale``-th pixel along both axes."""
-        return -(-self.height // downscale), -(-self.width // downscale)
-
-    def image_chunks(
-        self, image_index: int, downscale: int, chunk: int | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(u, v) of every ``downscale``-th pixel of one image in row-major order, in chunks of at
-        most ``chunk`` (default and cap: ``max_rays``) pixels; the full grid is never built."""
-        chunk = min(chunk or self.max_rays, self.max_rays)
-        h, w = self.subsampled_size(downscale)
-        for start in range(0, h * w, chunk):
-            flat = torch.arange(start, min(start + chunk, h * w), device=self.device)
-            yield (flat % w) * downscale, torch.div(flat, w, rounding_mode="floor") * downscale
+        rows, cols = _block_centres(self.height, downscale), _block_centres(self.width, downscale)
+        v, u = (c.reshape(-1) for c in torch.meshgrid(rows, cols, indexing="ij"))
+        index = torch.full((h * w,), image_index, dtype=torch.long, device=self.device)
+        origins, dirs, z_scale = pixel_rays(
+            self.intrinsics_inv[index], self.cam_to_world[index], u.to(self.device), v.to(self.device)
+        )
+        pixels = self.images[image_index].float() / 255.0
+        mask = None
+        if self.masks is not None:
+            foreground = self.masks[image_index, :, :, None]
+            if background is not None:
+                pixels = torch.where(foreground, pixels, background.to(pixels))
+            mask = _block_mean(foreground.float(), downscale).reshape(-1) > 0.5
+        rgb = _block_mean(pixels, downscale).reshape(-1, 3)
+        return RayBatch(origins, dirs, rgb, mask, index, z_scale), h, w
 
     def _check_budget(self, n_rays: int) -> None:
         if n_rays > self.max_rays:
             raise InputError(
                 "data.max_rays", f"{n_rays} rays requested at once, more than the budget of {self.max_rays}; "
-                "raise data.max_rays or use smaller batches / image chunks"
+                "raise data.max_rays, or lower train.batch_rays (training) or train.val_max_side (renders)"
             )
+
+
+def _block_centres(size: int, block: int) -> torch.Tensor:
+    """Centres (pixel units, pixel centres at integers) of the blocks of ``block`` pixels that tile
+    ``size`` pixels; the last block may be shorter."""
+    starts = torch.arange(0, size, block, dtype=torch.float32)
+    ends = torch.clamp(starts + block, max=size)
+    return 0.5 * (starts + ends - 1.0)
+
+
+def _block_mean(image: torch.Tensor, block: int) -> torch.Tensor:
+    """(H, W, C) -> (ceil(H / block), ceil(W / block), C): the mean of each block (short blocks at the
+    far edges averaged over the pixels they hold)."""
+    pooled = torch.nn.functional.avg_pool2d(image.permute(2, 0, 1)[None], block, ceil_mode=True)
+    return pooled[0].permute(1, 2, 0)

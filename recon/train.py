@@ -26,6 +26,7 @@ from recon.rays import RayBatch, RaySource
 from recon.render.background import BackgroundField
 from recon.render.occupancy import make_occupancy_grid
 from recon.render.renderer import Density, RenderOutput, render_rays
+from recon.render.samplers import ray_sphere_near_far
 from recon.visualize import save_validation_image
 
 CHECKPOINT = "checkpoint.pt"
@@ -141,6 +142,9 @@ def active_levels(step: int, cfg: Config) -> int:
         return enc.n_levels
     return min(enc.n_levels, t.c2f_start_levels + step // max(t.c2f_every, 1))
 
+
+BEHIND_SAMPLES = 4
+"""Eikonal points per opaque ray behind its surface, when the occupancy grid is on."""
 
 BORDER_UNIFORMITY = 0.05
 """Largest spread (95th - 5th percentile, colours in [0, 1]) of a border taken as a uniform background."""
@@ -293,7 +297,8 @@ class Fitter:
         return (depth, None, None) if normal is None else (depth, *normal)
 
     def _regularisers(self, batch: RayBatch, out: RenderOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eikonal on the ray samples, uniform box points and surface points; smoothness on the latter."""
+        """Eikonal on the ray samples, uniform box points, surface points and (with the occupancy grid)
+        points behind the surface; smoothness on the surface points."""
         n = batch.origins.shape[0]
         r = self.cfg.render.scene_radius
         uniform = (torch.rand(n, 3, generator=self.generator).to(self.device) * 2.0 - 1.0) * r
@@ -301,14 +306,26 @@ class Fitter:
         hit_distance = out.depth.detach()[opaque] / out.opacity.detach()[opaque]
         surface = batch.origins[opaque] + hit_distance[:, None] * batch.dirs[opaque]
         nearby = surface + (torch.rand(surface.shape, generator=self.generator).to(self.device) - 0.5) * 0.02
-        points = torch.cat([uniform, surface, nearby])
+        points = torch.cat([uniform, surface, nearby, self._behind_surface(batch, opaque, hit_distance)])
         _, _, grad = self.field.sdf_feature_gradient(points, create_graph=True)
         gradients = torch.cat([out.gradients.reshape(-1, 3), grad])
-        if surface.shape[0] == 0 or self.cfg.train.smooth_weight == 0:
-            return eikonal(gradients), grad.new_zeros(())
-        normals = torch.nn.functional.normalize(grad[n:], dim=-1)
         m = surface.shape[0]
+        if m == 0 or self.cfg.train.smooth_weight == 0:
+            return eikonal(gradients), grad.new_zeros(())
+        normals = torch.nn.functional.normalize(grad[n : n + 2 * m], dim=-1)
         return eikonal(gradients), normal_smoothness(normals[:m], normals[m:])
+
+    def _behind_surface(self, batch: RayBatch, opaque: torch.Tensor, hit_distance: torch.Tensor) -> torch.Tensor:
+        """With the occupancy grid, ``BEHIND_SAMPLES`` points per opaque ray, uniform between its surface
+        and where it leaves the scene sphere: the grid keeps rendered samples out of a solid's inside,
+        and without them the SDF there is free to grow closed bubbles the mesh would show."""
+        if self.occupancy is None or hit_distance.shape[0] == 0:
+            return batch.origins.new_zeros(0, 3)
+        origins, dirs = batch.origins[opaque], batch.dirs[opaque]
+        _, far, _ = ray_sphere_near_far(origins, dirs, self.cfg.render.scene_radius)
+        u = torch.rand(origins.shape[0], BEHIND_SAMPLES, generator=self.generator).to(self.device)
+        t = hit_distance[:, None] + u * (far[:, None] - hit_distance[:, None]).clamp(min=0.0)
+        return (origins[:, None, :] + t[..., None] * dirs[:, None, :]).reshape(-1, 3)
 
     def _apply_schedule(self) -> None:
         """Coarse-to-fine levels and the finite-difference step of the current step."""
@@ -434,31 +451,32 @@ def render_image(
     field: NeuralSDF, density: Density, rays: RaySource, index: int, cfg: Config,
     background: torch.Tensor | BackgroundField, chunk: int = 4096, appearance: bool = True,
 ) -> dict[str, Any]:
-    """Render image ``index`` (every k-th pixel, long side <= ``val_max_side``) as arrays:
+    """Render image ``index`` at 1/k resolution (long side <= ``val_max_side``; one ray through the
+    centre of each k x k block of pixels, against the block's mean colour, outside the mask the
+    constant background) as arrays:
     rgb, target, normal (camera space), depth (z), opacity, and mask when the views have masks.
     ``appearance=False`` renders without the view's appearance code (a view not trained on)."""
     step = max(1, math.ceil(max(rays.height, rays.width) / cfg.train.val_max_side))
-    u, v, h, w = rays.image_pixels(index, step)
+    constant = background if isinstance(background, torch.Tensor) else None
+    image, h, w = rays.image_batch(index, step, constant)
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "target": [], "normal": [], "depth": [], "opacity": []}
-    if rays.masks is not None:
+    if image.mask is not None:
         parts["mask"] = []
     world_to_cam = rays.cam_to_world[index, :3, :3].T
-    for start in range(0, u.shape[0], chunk):
+    for start in range(0, h * w, chunk):
         sl = slice(start, start + chunk)
-        image_index = torch.full_like(u[sl], index)
-        batch = rays.batch(image_index, u[sl], v[sl])
         out = render_rays(
-            field, density, batch.origins, batch.dirs, cfg.render, background, False,
-            image_index if appearance else None,
+            field, density, image.origins[sl], image.dirs[sl], cfg.render, background, False,
+            image.image_index[sl] if appearance else None,
         )
         depth = out.depth / out.opacity.clamp_min(1e-6)
         parts["rgb"].append(out.rgb)
-        parts["target"].append(batch.rgb)
+        parts["target"].append(image.rgb[sl])
         parts["normal"].append(out.normal @ world_to_cam.T)
-        parts["depth"].append(depth * batch.z_scale)
+        parts["depth"].append(depth * image.z_scale[sl])
         parts["opacity"].append(out.opacity)
-        if batch.mask is not None:
-            parts["mask"].append(batch.mask.float())
+        if image.mask is not None:
+            parts["mask"].append(image.mask[sl].float())
     result: dict[str, Any] = {k: torch.cat(p).reshape(h, w, -1).squeeze(-1).cpu().numpy() for k, p in parts.items()}
     result["psnr"] = float(psnr(torch.from_numpy(result["rgb"]), torch.from_numpy(result["target"])))
     return result

@@ -372,15 +372,37 @@ def test_ray_budget_is_explicit(tiny: Scene) -> None:
     with pytest.raises(InputError, match="budget of 100"):
         rays.random_batch(101, generator)
     with pytest.raises(InputError, match="budget of 100"):
-        rays.image_pixels(0, 1)  # 1024 pixels
-    chunks = list(rays.image_chunks(3, 1))
-    assert max(len(u) for u, _ in chunks) == 100 and sum(len(u) for u, _ in chunks) == 32 * 32
-    u = torch.cat([c[0] for c in chunks])
-    v = torch.cat([c[1] for c in chunks])
-    grid_v, grid_u = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
-    assert torch.equal(u, grid_u.reshape(-1)) and torch.equal(v, grid_v.reshape(-1))
-    u4, v4, h, w = rays.image_pixels(0, 4)  # 8 x 8 = 64 pixels fit
-    assert (h, w) == (8, 8) and torch.equal(u4[:8], torch.arange(0, 32, 4)) and torch.equal(v4[::8], torch.arange(0, 32, 4))
+        rays.image_batch(0, 1)  # 1024 pixels
+    image, h, w = rays.image_batch(0, 4)  # 8 x 8 = 64 rays fit
+    assert (h, w) == (8, 8) and image.origins.shape == (64, 3)
+
+
+def test_image_batch_is_the_image_at_lower_resolution(tiny: Scene) -> None:
+    """Each ray goes through the centre of its block of pixels and its target is the block's mean,
+    short blocks at the far edges included (32 pixels in blocks of 5: 6 full, one of 2)."""
+    rays = RaySource(tiny, torch.device("cpu"))
+    image, h, w = rays.image_batch(2, 5)
+    assert (h, w) == (7, 7)
+    pixels = tiny.images[2].astype(np.float64) / 255.0
+    target = image.rgb.reshape(h, w, 3).numpy()
+    np.testing.assert_allclose(target[1, 2], pixels[5:10, 10:15].reshape(-1, 3).mean(0), atol=1e-6)
+    np.testing.assert_allclose(target[6, 6], pixels[30:32, 30:32].reshape(-1, 3).mean(0), atol=1e-6)
+    centre = RaySource(tiny, torch.device("cpu")).batch(torch.tensor([2]), torch.tensor([12]), torch.tensor([7]))
+    np.testing.assert_allclose(image.dirs.reshape(h, w, 3)[1, 2].numpy(), centre.dirs[0].numpy(), atol=1e-6)
+    _, corner = pixel_rays(tiny.intrinsics[2], tiny.cam_to_world[2], np.array([30.5, 30.5]))
+    np.testing.assert_allclose(image.dirs.reshape(h, w, 3)[6, 6].numpy(), corner / np.linalg.norm(corner), atol=1e-5)
+    assert tiny.masks is not None
+    coverage = tiny.masks[2, 5:10, 10:15].mean() > 0.5
+    assert bool(image.mask.reshape(h, w)[1, 2]) == bool(coverage)
+    # with a background, the photo outside the mask is replaced by it before averaging
+    composited, _, _ = rays.image_batch(2, 5, torch.tensor([0.0, 1.0, 0.0]))
+    replaced = np.where(tiny.masks[2][..., None], pixels, [0.0, 1.0, 0.0])
+    for row, col in [(1, 2), (3, 3), (6, 6)]:
+        block = replaced[5 * row : 5 * row + 5, 5 * col : 5 * col + 5].reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(composited.rgb.reshape(h, w, 3)[row, col].numpy(), block, atol=1e-6)
+    edge = tiny.masks[2].reshape(-1).any() and not tiny.masks[2].all()
+    assert edge  # the tiny scene has a silhouette, so the two targets differ somewhere
+    assert not torch.allclose(composited.rgb, image.rgb)
     with pytest.raises(InputError, match="max_rays"):
         RaySource(tiny, torch.device("cpu"), max_rays=0)
 

@@ -16,8 +16,14 @@ from recon.encodings.grid import hash_grid_levels
 from recon.errors import InputError
 from recon.render.occupancy import LIPSCHITZ, OccupancyGrid, density_margin, make_occupancy_grid
 from recon.render.renderer import Density, render_rays
-from recon.render.samplers import RaySegments, error_bounded_sample, ray_sphere_near_far, surface_guided_sample
-from recon.train import Fitter
+from recon.render.samplers import (
+    RaySegments,
+    _coarse_count,
+    error_bounded_sample,
+    ray_sphere_near_far,
+    surface_guided_sample,
+)
+from recon.train import BEHIND_SAMPLES, Fitter
 
 RADIUS = 0.5
 
@@ -73,6 +79,22 @@ def test_sphere_cells_inside_and_far_outside_empty_shell_occupied():
     expected = sphere(centres).abs() <= grid.threshold(beta)
     assert torch.equal(grid.occupied, expected)
     assert 0.01 < grid.occupied_fraction() < 0.2
+
+
+def test_blocks_near_the_surface_are_marked_whole_without_evaluating_their_cells():
+    """Early in a fit (wide margin) most blocks pass for every cell: only block centres are evaluated,
+    and the result is still exactly the cells whose centre passes the test."""
+    grid, beta, evaluated = OccupancyGrid(32), 0.2, []
+
+    def counted(p: torch.Tensor) -> torch.Tensor:
+        evaluated.append(p.shape[0])
+        return sphere(p)
+
+    grid.update(counted, beta)
+    axis = -1.0 + (torch.arange(32) + 0.5) * grid.cell
+    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    assert torch.equal(grid.occupied, sphere(centres).abs() <= grid.threshold(beta))
+    assert grid.occupied_fraction() > 0.9 and sum(evaluated) < 0.25 * 32**3
 
 
 @pytest.mark.parametrize("slope", [0.7, 1.0, LIPSCHITZ])
@@ -228,3 +250,37 @@ def test_coarse_to_fine_masks_the_fine_levels_and_numerical_steps_shrink(tiny_sc
     with torch.no_grad():
         fitter.field.sdf_net.encoding.params[fine:] += 1.0
     torch.testing.assert_close(fitter.field.sdf(x), before)
+
+
+def test_coarse_count_follows_most_rays_not_the_one_longest_stretch():
+    """100 rays of [0, 2], 99 occupied over 0.2 and one over 1.6: the count keeps the spacing of the
+    many (20 % of 64 samples), capped so the long one is at most 2x sparser (half of 1.6 / 2)."""
+    edges = torch.tensor([0.0, 0.2, 1.6, 2.0]).repeat(100, 1)
+    occupied = torch.tensor([True, False, False]).repeat(100, 1)
+    occupied[0] = torch.tensor([True, True, False])
+    segments = RaySegments.from_bins(edges, occupied)
+    near, far = torch.zeros(100), torch.full((100,), 2.0)
+    assert _coarse_count(64, near, far, segments, minimum=3) == 1 + math.ceil(63 * 0.4)
+    occupied[0] = torch.tensor([True, False, False])
+    assert _coarse_count(64, near, far, RaySegments.from_bins(edges, occupied), minimum=3) == 1 + math.ceil(63 * 0.1)
+    assert _coarse_count(64, near, far, None, minimum=3) == 64
+
+
+def test_eikonal_points_behind_the_surface_only_with_the_grid(tiny_scene_dir: Path, tmp_path: Path):
+    """With the grid, each opaque ray adds points between its surface and the far side of the scene
+    sphere (the inside the grid keeps rendered samples out of); without it, none."""
+    scene = load_scene(tiny_scene_dir)
+    cfg = load_config(None, FAST_FIT + ["render.occupancy_resolution=16"])
+    fitter = Fitter(scene, tmp_path / "a", cfg, tiny_scene_dir)
+    batch = fitter.rays.random_batch(64, torch.Generator().manual_seed(0))
+    opaque = torch.zeros(64, dtype=torch.bool)
+    opaque[::2] = True
+    near, far, _ = ray_sphere_near_far(batch.origins[opaque], batch.dirs[opaque])
+    hit = near + 0.3 * (far - near)  # a surface inside the sphere
+    points = fitter._behind_surface(batch, opaque, hit).reshape(32, BEHIND_SAMPLES, 3)
+    offsets = points - batch.origins[opaque][:, None, :]
+    t = (offsets * batch.dirs[opaque][:, None, :]).sum(-1)
+    torch.testing.assert_close(offsets, t[..., None] * batch.dirs[opaque][:, None, :], atol=1e-5, rtol=0)  # on the rays
+    assert (t >= hit[:, None] - 1e-5).all() and (t <= far[:, None] + 1e-5).all()
+    plain = Fitter(scene, tmp_path / "b", load_config(None, FAST_FIT + ["render.occupancy_resolution=0"]), tiny_scene_dir)
+    assert plain._behind_surface(batch, opaque, hit).shape == (0, 3)

@@ -82,24 +82,32 @@ class OccupancyGrid(nn.Module):
     def update(self, sdf_fn: SdfFn, beta: float, block: int = 4, chunk: int = 65536) -> None:
         """Re-mark every cell from the SDF (coarse to fine, so most cells cost nothing).
 
-        The SDF is evaluated at the centres of ``block^3``-cell blocks first; cells are
-        evaluated one by one only inside blocks that pass the block's own (wider) test.
+        The SDF is evaluated at the centres of ``block^3``-cell blocks first. A block whose
+        centre fails the block's own (wider) test holds no occupied cell; a block whose centre
+        is so close to the surface that every cell centre in it passes the cell test (by the
+        same Lipschitz bound) is occupied whole; cells are evaluated one by one only in between.
         """
         device = self.occupied.device
         block = block if block > 1 and self.resolution % block == 0 else 1
         coarse = self.resolution // block
         blocks = _all_indices(coarse, device)
-        candidate = _evaluate(sdf_fn, self.centres(blocks, block), chunk).abs() <= self.threshold(beta, block)
-        if block > 1:
-            offsets = _all_indices(block, device)
-            cells = (blocks[candidate][:, None, :] * block + offsets[None]).reshape(-1, 3)
-        else:
-            cells = blocks[candidate]
+        distance = _evaluate(sdf_fn, self.centres(blocks, block), chunk).abs()
         occupied = torch.zeros_like(self.occupied)
-        if cells.shape[0]:
-            near = _evaluate(sdf_fn, self.centres(cells), chunk).abs() <= self.threshold(beta)
-            kept = cells[near]
+        if block == 1:
+            kept = blocks[distance <= self.threshold(beta)]
             occupied[kept[:, 0], kept[:, 1], kept[:, 2]] = True
+            self.occupied.copy_(occupied)
+            return
+        # a cell centre lies within (block - 1) / 2 cell diagonals of its block's centre
+        spread = LIPSCHITZ * 0.5 * math.sqrt(3.0) * self.cell * (block - 1)
+        whole = distance + spread <= self.threshold(beta)
+        candidate = (distance <= self.threshold(beta, block)) & ~whole
+        offsets = _all_indices(block, device)
+        for chosen, test in ((whole, False), (candidate, True)):
+            cells = (blocks[chosen][:, None, :] * block + offsets[None]).reshape(-1, 3)
+            if test and cells.shape[0]:
+                cells = cells[_evaluate(sdf_fn, self.centres(cells), chunk).abs() <= self.threshold(beta)]
+            occupied[cells[:, 0], cells[:, 1], cells[:, 2]] = True
         self.occupied.copy_(occupied)
 
     def occupied_fraction(self) -> float:

@@ -261,13 +261,16 @@ def _ray_range(near: Tensor, far: Tensor, segments: RaySegments | None) -> tuple
 
 
 def _coarse_count(n_eval: int, near: Tensor, far: Tensor, segments: RaySegments | None, minimum: int) -> int:
-    """Coarse samples per ray: ``n_eval``, or with segments as few as keep every ray's spacing no
-    wider than ``n_eval`` samples over its whole ``[near, far]`` would give."""
+    """Coarse samples per ray: ``n_eval``, or with segments as few as keep the spacing of 9 rays in 10
+    no wider than ``n_eval`` samples over their whole ``[near, far]`` would give, and no ray's more
+    than twice as wide (a few grazing rays with long occupied stretches do not set every ray's count)."""
     if segments is None:
         return n_eval
-    fraction = segments.length / (far - near).clamp(min=torch.finfo(far.dtype).tiny)
-    needed = 1 + math.ceil((n_eval - 1) * float(fraction.max().clamp(max=1.0))) if fraction.numel() else minimum
-    return min(max(needed, minimum), n_eval)
+    if segments.length.numel() == 0:
+        return minimum
+    fraction = (segments.length / (far - near).clamp(min=torch.finfo(far.dtype).tiny)).clamp(max=1.0).float()
+    share = max(float(torch.quantile(fraction, 0.9)), 0.5 * float(fraction.max()))
+    return min(max(1 + math.ceil((n_eval - 1) * share), minimum), n_eval)
 
 
 # ----------------------------------------------------------------------------- helpers
