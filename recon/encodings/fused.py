@@ -32,7 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from recon.config import EncodingConfig
-from recon.encodings.grid import GridEncoding, _can_defer, _current_task, _will_run, interp_backward
+from recon.encodings.grid import GridEncoding, _defer_table_part, _will_run, interp_backward
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,7 @@ def _grad_x_backward(ctx, ggx: torch.Tensor, may_defer: bool) -> tuple[torch.Ten
     go, x, _ = ctx.saved_tensors
     ggx = ggx.contiguous()
     need_go, need_x, need_table = (_will_run(ctx, i) for i in range(3))
-    if need_table and may_defer and _can_defer(ctx.interp):
-        ctx.interp.deferred.append((_current_task(), ggx, go))
-        need_table = False
+    need_table = _defer_table_part(ctx, ggx, go, need_table, may_defer)
     g_go = g_x = g_table = None
     if need_go or need_x:
         g_go, g_x = ctx.kernel.grad_x_back(ggx, go, x, ctx.derivatives, need_go, need_x)

@@ -574,6 +574,15 @@ def _can_defer(interp: torch.autograd.function.FunctionCtx) -> bool:
     return task != -1 and interp.ran_in_task != task and _will_execute(interp, unknown=False) and _will_run(interp, 1)
 
 
+def _defer_table_part(ctx, ggx: torch.Tensor, go: torch.Tensor, need_table: bool, may_defer: bool) -> bool:
+    """Hand the table part of a grad-x backward to the interpolation node's own backward when it
+    runs later in this pass (one scatter for both); return whether the table part must still run here."""
+    if need_table and may_defer and _can_defer(ctx.interp):
+        ctx.interp.deferred.append((_current_task(), ggx, go))
+        return False
+    return need_table
+
+
 class _GradX(torch.autograd.Function):
     """(L F, N) output gradient -> (3, N) gradient w.r.t. the points; twice differentiable."""
 
@@ -613,9 +622,7 @@ def _grad_x_backward(ctx, ggx: torch.Tensor, may_defer: bool) -> tuple[torch.Ten
     go, xt, _ = ctx.saved_tensors
     plan, derivatives = ctx.plan, ctx.derivatives
     need_go, need_x, need_table = (_will_run(ctx, i) for i in range(3))
-    if need_table and may_defer and _can_defer(ctx.interp):
-        ctx.interp.deferred.append((_current_task(), ggx, go))
-        need_table = False
+    need_table = _defer_table_part(ctx, ggx, go, need_table, may_defer)
     workers = _level_workers(xt.shape[1], xt.device)
     g_go = torch.empty(go.shape, dtype=go.dtype, device=go.device) if need_go else None
     g_table = xt.new_empty(plan.n_params) if need_table else None
