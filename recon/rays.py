@@ -97,17 +97,20 @@ class RaySource:
         return RayBatch(origins, dirs, rgb, mask, image_index, z_scale, depth, normal)
 
     def image_batch(
-        self, image_index: int, downscale: int, background: torch.Tensor | None = None
+        self, image_index: int, downscale: int, background: torch.Tensor | None = None,
+        at: tuple[float, float] = (0.5, 0.5),
     ) -> tuple[RayBatch, int, int]:
         """One image at 1/``downscale`` as it would be photographed at that resolution: a ray through
-        the centre of each ``downscale`` x ``downscale`` block of pixels, whose target is the block's
-        mean colour (mask: more than half the block is foreground); and the size H', W'. With masks
-        and a constant ``background`` (3,), the pixels outside the mask are that colour before the
-        blocks are averaged, so a block on the silhouette mixes the object with what a render shows
-        behind it, not with the photographed backdrop."""
+        each ``downscale`` x ``downscale`` block of pixels, whose target is the block's mean colour
+        (mask: more than half the block is foreground); and the size H', W'. The ray goes through the
+        point ``at`` (column, row fractions of the block; the centre by default). With masks and a
+        constant ``background`` (3,), the pixels outside the mask are that colour before the blocks
+        are averaged, so a block on the silhouette mixes the object with what a render shows behind
+        it, not with the photographed backdrop."""
         h, w = -(-self.height // downscale), -(-self.width // downscale)
         self._check_budget(h * w)
-        rows, cols = _block_centres(self.height, downscale), _block_centres(self.width, downscale)
+        rows = _block_points(self.height, downscale, at[1])
+        cols = _block_points(self.width, downscale, at[0])
         v, u = (c.reshape(-1) for c in torch.meshgrid(rows, cols, indexing="ij"))
         index = torch.full((h * w,), image_index, dtype=torch.long, device=self.device)
         origins, dirs, z_scale = pixel_rays(
@@ -131,12 +134,13 @@ class RaySource:
             )
 
 
-def _block_centres(size: int, block: int) -> torch.Tensor:
-    """Centres (pixel units, pixel centres at integers) of the blocks of ``block`` pixels that tile
-    ``size`` pixels; the last block may be shorter."""
+def _block_points(size: int, block: int, fraction: float) -> torch.Tensor:
+    """The point ``fraction`` of the way across each block of ``block`` pixels that tile ``size``
+    pixels (pixel units, pixel centres at integers; 0.5: the block's centre); the last block may be
+    shorter."""
     starts = torch.arange(0, size, block, dtype=torch.float32)
     ends = torch.clamp(starts + block, max=size)
-    return 0.5 * (starts + ends - 1.0)
+    return starts + fraction * (ends - starts) - 0.5
 
 
 def _block_mean(image: torch.Tensor, block: int) -> torch.Tensor:

@@ -233,6 +233,8 @@ class Fitter:
         self, scene: Scene, run_dir: Path, cfg: Config, data_dir: Path,
         held_out: Scene | None = None, held_out_indices: list[int] | None = None,
     ) -> None:
+        if cfg.train.holdout_supersample < 1:
+            raise InputError("train.holdout_supersample", f"must be at least 1, got {cfg.train.holdout_supersample}")
         self.scene, self.cfg, self.files = scene, cfg, RunFiles(run_dir)
         self.device = choose_device(cfg.train.device)
         if cfg.train.threads > 0:
@@ -402,19 +404,18 @@ class Fitter:
         rendered = render_image(self.field, self.density, self.rays, index, self.cfg, self.background)
         path = self.files.val_dir / f"step_{self.step:06d}.png"
         save_validation_image(path, rendered)
-        if self.held_out is not None:
-            self.evaluate_holdout()
         return float(rendered["psnr"])
 
-    def evaluate_holdout(self) -> dict[str, Any]:
+    def evaluate_holdout(self, progress: bool = False) -> dict[str, Any]:
         """Render the held-out views (long side <= ``val_max_side``) to ``holdout/view_NNN.png``; log
         their mean PSNR (inside the masks when there are masks; ``psnr_full``: whole image) and mask
         IoU (rendered opacity > 0.5 vs the mask) to metrics.jsonl and ``holdout.json``; return the summary."""
         assert self.held_out is not None
         views = []
-        for i, view in enumerate(self.held_out_indices):
+        for i, view in enumerate(tqdm(self.held_out_indices, desc="held-out views", disable=not progress, unit="view")):
             rendered = render_image(
-                self.field, self.density, self.held_out, i, self.cfg, self.background, appearance=False
+                self.field, self.density, self.held_out, i, self.cfg, self.background, appearance=False,
+                supersample=self.cfg.train.holdout_supersample,
             )
             save_validation_image(self.files.holdout_dir / f"view_{view:03d}.png", rendered)
             views.append({"view": view, **holdout_scores(rendered)})
@@ -450,36 +451,52 @@ def holdout_scores(rendered: dict[str, Any]) -> dict[str, float]:
 def render_image(
     field: NeuralSDF, density: Density, rays: RaySource, index: int, cfg: Config,
     background: torch.Tensor | BackgroundField, chunk: int = 4096, appearance: bool = True,
+    supersample: int = 1,
 ) -> dict[str, Any]:
-    """Render image ``index`` at 1/k resolution (long side <= ``val_max_side``; one ray through the
-    centre of each k x k block of pixels, against the block's mean colour, outside the mask the
-    constant background) as arrays:
+    """Render image ``index`` at 1/k resolution (long side <= ``val_max_side``), each pixel against
+    its k x k block's mean colour (outside the mask, the constant background), as arrays:
     rgb, target, normal (camera space), depth (z), opacity, and mask when the views have masks.
+
+    Each pixel is the mean of ``supersample`` x ``supersample`` rays spread evenly over its block (1:
+    one ray through the centre), so a pixel integrates its footprint as the block mean does.
     ``appearance=False`` renders without the view's appearance code (a view not trained on)."""
     step = max(1, math.ceil(max(rays.height, rays.width) / cfg.train.val_max_side))
     constant = background if isinstance(background, torch.Tensor) else None
-    image, h, w = rays.image_batch(index, step, constant)
-    parts: dict[str, list[torch.Tensor]] = {"rgb": [], "target": [], "normal": [], "depth": [], "opacity": []}
+    fractions = [(i + 0.5) / supersample for i in range(supersample)]
+    sums: dict[str, torch.Tensor] = {}
+    for at in ((col, row) for row in fractions for col in fractions):
+        image, h, w = rays.image_batch(index, step, constant, at)
+        for key, value in _render_batch(field, density, image, rays, index, cfg, background, chunk, appearance).items():
+            sums[key] = sums[key] + value if key in sums else value
+    n_rays = supersample * supersample
+    mean = {key: value / n_rays for key, value in sums.items()}
+    mean["depth"] = mean.pop("weighted_depth") / mean["opacity"].clamp_min(1e-6)
+    mean["target"] = image.rgb
     if image.mask is not None:
-        parts["mask"] = []
+        mean["mask"] = image.mask.float()
+    result: dict[str, Any] = {k: v.reshape(h, w, -1).squeeze(-1).cpu().numpy() for k, v in mean.items()}
+    result["psnr"] = float(psnr(torch.from_numpy(result["rgb"]), torch.from_numpy(result["target"])))
+    return result
+
+
+def _render_batch(
+    field: NeuralSDF, density: Density, image: RayBatch, rays: RaySource, index: int, cfg: Config,
+    background: torch.Tensor | BackgroundField, chunk: int, appearance: bool,
+) -> dict[str, torch.Tensor]:
+    """Render one image's rays in chunks: rgb, normal (camera space), opacity, and z-depth x opacity."""
     world_to_cam = rays.cam_to_world[index, :3, :3].T
-    for start in range(0, h * w, chunk):
+    parts: dict[str, list[torch.Tensor]] = {"rgb": [], "normal": [], "weighted_depth": [], "opacity": []}
+    for start in range(0, image.origins.shape[0], chunk):
         sl = slice(start, start + chunk)
         out = render_rays(
             field, density, image.origins[sl], image.dirs[sl], cfg.render, background, False,
             image.image_index[sl] if appearance else None,
         )
-        depth = out.depth / out.opacity.clamp_min(1e-6)
         parts["rgb"].append(out.rgb)
-        parts["target"].append(image.rgb[sl])
         parts["normal"].append(out.normal @ world_to_cam.T)
-        parts["depth"].append(depth * image.z_scale[sl])
+        parts["weighted_depth"].append(out.depth * image.z_scale[sl])
         parts["opacity"].append(out.opacity)
-        if image.mask is not None:
-            parts["mask"].append(image.mask[sl].float())
-    result: dict[str, Any] = {k: torch.cat(p).reshape(h, w, -1).squeeze(-1).cpu().numpy() for k, p in parts.items()}
-    result["psnr"] = float(psnr(torch.from_numpy(result["rgb"]), torch.from_numpy(result["target"])))
-    return result
+    return {key: torch.cat(values) for key, values in parts.items()}
 
 
 def fit(data_dir: str | Path, run_dir: str | Path, cfg: Config, progress: bool = True) -> Path:
@@ -552,6 +569,8 @@ def _loop(fitter: Fitter, progress: bool) -> None:
     bar.close()
     if fitter.step == t.iters and t.iters > 0:
         fitter.validate()
+        if fitter.held_out is not None:
+            fitter.evaluate_holdout(progress)
         fitter.save_checkpoint()
 
 

@@ -391,6 +391,13 @@ def test_image_batch_is_the_image_at_lower_resolution(tiny: Scene) -> None:
     np.testing.assert_allclose(image.dirs.reshape(h, w, 3)[1, 2].numpy(), centre.dirs[0].numpy(), atol=1e-6)
     _, corner = pixel_rays(tiny.intrinsics[2], tiny.cam_to_world[2], np.array([30.5, 30.5]))
     np.testing.assert_allclose(image.dirs.reshape(h, w, 3)[6, 6].numpy(), corner / np.linalg.norm(corner), atol=1e-5)
+    # a ray through another point of each block: column 1/10, row 9/10 of the way across
+    shifted, _, _ = rays.image_batch(2, 5, at=(0.1, 0.9))
+    inner = RaySource(tiny, torch.device("cpu")).batch(torch.tensor([2]), torch.tensor([10]), torch.tensor([9]))
+    np.testing.assert_allclose(shifted.dirs.reshape(h, w, 3)[1, 2].numpy(), inner.dirs[0].numpy(), atol=1e-6)
+    _, short = pixel_rays(tiny.intrinsics[2], tiny.cam_to_world[2], np.array([29.7, 31.3]))  # the 2-pixel blocks
+    np.testing.assert_allclose(shifted.dirs.reshape(h, w, 3)[6, 6].numpy(), short / np.linalg.norm(short), atol=1e-5)
+    np.testing.assert_array_equal(shifted.rgb.numpy(), image.rgb.numpy())  # the targets stay the block means
     assert tiny.masks is not None
     coverage = tiny.masks[2, 5:10, 10:15].mean() > 0.5
     assert bool(image.mask.reshape(h, w)[1, 2]) == bool(coverage)

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import FAST_FIT
 from recon.cli import main
+from recon.config import Config
 from recon.datasets import load_scene
 from recon.errors import InputError
-from recon.train import holdout_scores, split_holdout
+from recon.rays import RaySource, pixel_rays
+from recon.render.renderer import render_rays
+from recon.train import build_model, holdout_scores, render_image, split_holdout
 
 
 def test_split_keeps_every_kth_view_out(tiny_scene_dir: Path):
@@ -56,11 +60,39 @@ def test_fit_with_holdout_reports_psnr_and_mask_iou(tiny_scene_dir: Path, tmp_pa
     assert 0.0 <= summary["mask_iou"] <= 1.0 and math.isfinite(summary["psnr"]) and math.isfinite(summary["psnr_full"])
     assert summary["psnr"] == pytest.approx(np.mean([v["psnr"] for v in summary["views"]]))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "holdout_psnr" in r] == [2, 4]
+    assert [r["step"] for r in records if "holdout_psnr" in r] == [4]  # scored once, at the end
     assert {"view_000.png", "view_004.png"} <= {p.name for p in (run / "holdout").iterdir()}
     meta = json.loads((run / "meta.json").read_text())
     assert meta["n_images"] == 6 and meta["holdout_views"] == [0, 4]
     assert main(["fit", str(tiny_scene_dir), "--out", str(tmp_path / "bad"), "--holdout", "1", *overrides]) == 2
+    bad = ["fit", str(tiny_scene_dir), "--out", str(tmp_path / "bad2"), "train.holdout_supersample=0", *overrides]
+    assert main(bad) == 2 and "holdout_supersample" in capsys.readouterr().err
+
+
+def test_supersampled_pixel_is_the_mean_of_rays_spread_over_its_block(tiny_scene_dir: Path):
+    """With 2 x 2 rays per pixel, a pixel of a 32 -> 8 render (blocks of 4) is the mean of the rays
+    through its block's points at 1/4 and 3/4 (pixel offsets 0.5 and 2.5 from the block's first
+    pixel); its depth is their mean weighted depth over their mean opacity."""
+    cfg = Config()
+    cfg.train.val_max_side = 8
+    torch.manual_seed(0)
+    field, density = build_model(cfg, 8, torch.device("cpu"))
+    rays = RaySource(load_scene(tiny_scene_dir), torch.device("cpu"))
+    background = torch.tensor([1.0, 1.0, 1.0])
+    rendered = render_image(field, density, rays, 3, cfg, background, supersample=2)
+    assert rendered["rgb"].shape == (8, 8, 3)
+    row, col = 4, 3
+    v, u = (torch.tensor([4 * row + a for a in (0.5, 0.5, 2.5, 2.5)]), torch.tensor([4 * col + a for a in (0.5, 2.5)] * 2))
+    index = torch.full((4,), 3)
+    origins, dirs, z_scale = pixel_rays(rays.intrinsics_inv[index], rays.cam_to_world[index], u, v)
+    with torch.no_grad():
+        out = render_rays(field, density, origins, dirs, cfg.render, background, False, index)
+    np.testing.assert_allclose(rendered["rgb"][row, col], out.rgb.mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(rendered["opacity"][row, col], out.opacity.mean().item(), atol=1e-5)
+    depth = (out.depth * z_scale).mean() / out.opacity.mean().clamp_min(1e-6)
+    assert rendered["depth"][row, col] == pytest.approx(depth.item(), rel=1e-4)
+    composited = torch.where(rays.masks[3, 16:20, 12:16, None], rays.images[3, 16:20, 12:16].float() / 255.0, background)
+    np.testing.assert_allclose(rendered["target"][row, col], composited.mean((0, 1)).numpy(), atol=1e-6)
 
 
 def test_a_format_split_trains_on_train_and_holds_out_val(tiny_scene_dir: Path):
