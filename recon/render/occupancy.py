@@ -79,35 +79,30 @@ class OccupancyGrid(nn.Module):
         return -self.radius + (index.to(torch.float32) + 0.5) * (self.cell * cells)
 
     @torch.no_grad()
-    def update(self, sdf_fn: SdfFn, beta: float, block: int = 4, chunk: int = 65536) -> None:
-        """Re-mark every cell from the SDF (coarse to fine, so most cells cost nothing).
+    def update(self, sdf_fn: SdfFn, beta: float, chunk: int = 65536) -> None:
+        """Re-mark every cell from the SDF, coarse to fine (an octree pass: most cells cost nothing).
 
-        The SDF is evaluated at the centres of ``block^3``-cell blocks first. A block whose
-        centre fails the block's own (wider) test holds no occupied cell; a block whose centre
-        is so close to the surface that every cell centre in it passes the cell test (by the
-        same Lipschitz bound) is occupied whole; cells are evaluated one by one only in between.
+        The SDF is evaluated at the centres of blocks of ``8^3`` cells first (the largest power of
+        two up to 8 that divides the resolution). A block whose centre fails the block's own (wider)
+        test holds no occupied cell; a block whose centre is so close to the surface that every
+        cell centre in it passes the cell test (by the same Lipschitz bound) is occupied whole;
+        only the blocks in between are split into their 8 halves, and so on down to single cells.
         """
-        device = self.occupied.device
-        block = block if block > 1 and self.resolution % block == 0 else 1
-        coarse = self.resolution // block
-        blocks = _all_indices(coarse, device)
-        distance = _evaluate(sdf_fn, self.centres(blocks, block), chunk).abs()
+        size = next(b for b in (8, 4, 2, 1) if self.resolution % b == 0)
+        blocks = _all_indices(self.resolution // size, self.occupied.device)
         occupied = torch.zeros_like(self.occupied)
-        if block == 1:
-            kept = blocks[distance <= self.threshold(beta)]
-            occupied[kept[:, 0], kept[:, 1], kept[:, 2]] = True
-            self.occupied.copy_(occupied)
-            return
-        # a cell centre lies within (block - 1) / 2 cell diagonals of its block's centre
-        spread = LIPSCHITZ * 0.5 * math.sqrt(3.0) * self.cell * (block - 1)
-        whole = distance + spread <= self.threshold(beta)
-        candidate = (distance <= self.threshold(beta, block)) & ~whole
-        offsets = _all_indices(block, device)
-        for chosen, test in ((whole, False), (candidate, True)):
-            cells = (blocks[chosen][:, None, :] * block + offsets[None]).reshape(-1, 3)
-            if test and cells.shape[0]:
-                cells = cells[_evaluate(sdf_fn, self.centres(cells), chunk).abs() <= self.threshold(beta)]
+        while blocks.shape[0]:
+            distance = _evaluate(sdf_fn, self.centres(blocks, size), chunk).abs()
+            # a cell centre lies within (size - 1) / 2 cell diagonals of its block's centre
+            spread = LIPSCHITZ * 0.5 * math.sqrt(3.0) * self.cell * (size - 1)
+            whole = distance + spread <= self.threshold(beta)
+            cells = (blocks[whole][:, None, :] * size + _all_indices(size, blocks.device)[None]).reshape(-1, 3)
             occupied[cells[:, 0], cells[:, 1], cells[:, 2]] = True
+            if size == 1:
+                break
+            split = blocks[(distance <= self.threshold(beta, size)) & ~whole]
+            blocks = (split[:, None, :] * 2 + _all_indices(2, blocks.device)[None]).reshape(-1, 3)
+            size //= 2
         self.occupied.copy_(occupied)
 
     def occupied_fraction(self) -> float:

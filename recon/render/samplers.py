@@ -4,8 +4,8 @@ Rays are batches of ``R`` origins ``(R, 3)`` and unit-length directions
 ``(R, 3)``; a sample is a distance ``t`` along its ray. The two SDF samplers
 share one contract: they call ``sdf_fn`` (points ``(M, 3)`` -> SDF ``(M,)``)
 under ``torch.no_grad`` and return sorted distances
-``(R, cfg.n_importance + cfg.n_extra)`` within ``[near, far]``, at which the
-renderer evaluates the field again, with gradients.
+``(R, cfg.n_importance + cfg.n_extra)`` within ``[near, far]`` (fewer with segments, see
+``surface_guided_sample``), at which the renderer evaluates the field again, with gradients.
 
 Given ``segments`` (the occupied stretches of each ray, from an occupancy grid),
 a sampler works in the occupied length ``tau`` instead of ``t``: empty space is
@@ -623,7 +623,9 @@ def surface_guided_sample(
 
     With ``segments`` every step runs on the occupied length ``tau`` (empty space
     cut out of the ray), with as few coarse samples as keep each ray's spacing no
-    wider than ``n_eval`` samples over its whole ``[near, far]`` (``_coarse_count``).
+    wider than ``n_eval`` samples over its whole ``[near, far]`` (``_coarse_count``),
+    and the kept coarse samples cut in the same proportion: ``ceil(n_extra * K / n_eval)``
+    for ``K`` coarse samples (the rest of the ray holds no density).
 
     Args:
         sdf_fn, origins, dirs, near, far, beta, cfg, perturb, generator: as in
@@ -634,8 +636,8 @@ def surface_guided_sample(
         segments: occupied stretches of the rays (``RaySegments``).
 
     Returns:
-        ``t``, ``(R, cfg.n_importance + cfg.n_extra)``, sorted, within ``[near, far]``
-        (within the segments when given).
+        ``t``, ``(R, cfg.n_importance + cfg.n_extra)`` (fewer kept samples with segments),
+        sorted, within ``[near, far]`` (within the segments when given).
     """
     _check_rays(origins, dirs, near, far)
     _check_counts(cfg, min_eval=3)
@@ -651,7 +653,7 @@ def surface_guided_sample(
         t_dense = uniform_t(lo, hi, n_dense, perturb, generator)
         weights = _coarse_weights(t0, s0, beta_f)
         t_pdf = sample_pdf(t0, weights, cfg.n_importance - n_dense, det=not perturb, generator=generator)
-        t_extra = _pick_from_set(t0, cfg.n_extra, perturb, generator)
+        t_extra = _pick_from_set(t0, math.ceil(cfg.n_extra * n_eval / cfg.n_eval), perturb, generator)
         t_out = torch.sort(torch.cat([t_dense, t_pdf, t_extra], dim=-1), dim=-1).values
         return ray_sdf.distances(torch.minimum(torch.maximum(t_out, near[:, None]), far[:, None]))
 
