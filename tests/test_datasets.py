@@ -226,6 +226,35 @@ def test_synthesize_user_mesh_reports_normalisation(tmp_path: Path) -> None:
         _assert_inside_masks(mask, *project_points(K, pose, verts))
 
 
+def test_synthesized_normal_cues_face_outward_whatever_the_winding(tmp_path: Path) -> None:
+    """A scan wound inward (negative volume: the staged happy Buddha and 5k bunny are) gives the same
+    normal cues as the same mesh wound outward: on a sphere, the outward radial direction."""
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
+    inverted = sphere.copy()
+    inverted.invert()
+    assert inverted.volume < 0
+    scenes = []
+    for name, mesh in (("outward", sphere), ("inward", inverted)):
+        mesh.export(tmp_path / f"{name}.obj")
+        synthesize(tmp_path / name, mesh_path=tmp_path / f"{name}.obj", n_views=2, size=24, seed=1)
+        scenes.append(load_scene(tmp_path / name))
+    outward, inward = scenes
+    np.testing.assert_allclose(inward.normals, outward.normals, atol=1e-5)
+    hit = outward.depths > 0
+    radial = np.einsum("nhwc,nhwc->nhw", outward.normals, _hit_points(outward))
+    assert hit.sum() > 100 and (radial[hit] > 0.9).mean() > 0.99
+
+
+def _hit_points(scene) -> np.ndarray:
+    """(N, H, W, 3) normalised points where each pixel's ray meets the surface (z-depth cue)."""
+    h, w = scene.height, scene.width
+    v, u = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    pixels = np.stack([u, v, np.ones_like(u)], axis=-1).astype(np.float64)
+    cam = np.einsum("nij,hwj->nhwi", np.linalg.inv(scene.intrinsics), pixels) * scene.depths[..., None]
+    points = np.einsum("nij,nhwj->nhwi", scene.cam_to_world[:, :3, :3], cam) + scene.cam_to_world[:, None, None, :3, 3]
+    return points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), 1e-12)
+
+
 def test_synthesize_rejects_unreadable_mesh(tmp_path: Path) -> None:
     bad = tmp_path / "broken.ply"
     bad.write_bytes(b"ply\nformat nonsense\n")

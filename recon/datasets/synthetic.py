@@ -231,6 +231,17 @@ def _surface_normals(mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], ok: np.
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
+def _outward_normals(mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], ok: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """``_surface_normals`` turned to the camera's side of the surface the ray hit first (its face's
+    normal decides): a mesh wound inward (negative volume, as some scans ship) gives the same cue
+    as the same mesh wound outward, instead of normals that push the SDF inside out."""
+    n = _surface_normals(mesh, hits, ok)
+    face_normals = mesh.face_normals[hits["primitive_ids"][ok].astype(np.int64)]
+    away = np.einsum("mc,mc->m", face_normals, dirs[ok]) > 0
+    n[away] *= -1.0
+    return n
+
+
 def _shade(
     mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], origins: np.ndarray, dirs: np.ndarray
 ) -> np.ndarray:
@@ -262,7 +273,7 @@ def _render_view(scene, mesh: trimesh.Trimesh, K: np.ndarray, pose: np.ndarray, 
     ok = np.isfinite(centre["t_hit"])
     depth = np.where(ok, centre["t_hit"], 0.0).astype(np.float32)
     normals = np.zeros((uv.shape[0], 3), dtype=np.float32)
-    normals[ok] = _surface_normals(mesh, centre, ok)
+    normals[ok] = _outward_normals(mesh, centre, ok, dirs)
     colour = np.zeros((uv.shape[0], 3))
     for offset in _supersample_offsets(factor):
         o, d = pixel_rays(K, pose, uv + offset)
