@@ -462,11 +462,13 @@ def render_image(
     ``appearance=False`` renders without the view's appearance code (a view not trained on)."""
     step = max(1, math.ceil(max(rays.height, rays.width) / cfg.train.val_max_side))
     constant = background if isinstance(background, torch.Tensor) else None
+    world_to_cam = rays.cam_to_world[index, :3, :3].T
     fractions = [(i + 0.5) / supersample for i in range(supersample)]
     sums: dict[str, torch.Tensor] = {}
     for at in ((col, row) for row in fractions for col in fractions):
         image, h, w = rays.image_batch(index, step, constant, at)
-        for key, value in _render_batch(field, density, image, rays, index, cfg, background, chunk, appearance).items():
+        rendered = _render_batch(field, density, image, world_to_cam, cfg, background, chunk, appearance)
+        for key, value in rendered.items():
             sums[key] = sums[key] + value if key in sums else value
     n_rays = supersample * supersample
     mean = {key: value / n_rays for key, value in sums.items()}
@@ -480,11 +482,10 @@ def render_image(
 
 
 def _render_batch(
-    field: NeuralSDF, density: Density, image: RayBatch, rays: RaySource, index: int, cfg: Config,
+    field: NeuralSDF, density: Density, image: RayBatch, world_to_cam: torch.Tensor, cfg: Config,
     background: torch.Tensor | BackgroundField, chunk: int, appearance: bool,
 ) -> dict[str, torch.Tensor]:
     """Render one image's rays in chunks: rgb, normal (camera space), opacity, and z-depth x opacity."""
-    world_to_cam = rays.cam_to_world[index, :3, :3].T
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "normal": [], "weighted_depth": [], "opacity": []}
     for start in range(0, image.origins.shape[0], chunk):
         sl = slice(start, start + chunk)

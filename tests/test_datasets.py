@@ -245,13 +245,14 @@ def test_synthesized_normal_cues_face_outward_whatever_the_winding(tmp_path: Pat
     assert hit.sum() > 100 and (radial[hit] > 0.9).mean() > 0.99
 
 
-def _hit_points(scene) -> np.ndarray:
-    """(N, H, W, 3) normalised points where each pixel's ray meets the surface (z-depth cue)."""
-    h, w = scene.height, scene.width
-    v, u = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    pixels = np.stack([u, v, np.ones_like(u)], axis=-1).astype(np.float64)
-    cam = np.einsum("nij,hwj->nhwi", np.linalg.inv(scene.intrinsics), pixels) * scene.depths[..., None]
-    points = np.einsum("nij,nhwj->nhwi", scene.cam_to_world[:, :3, :3], cam) + scene.cam_to_world[:, None, None, :3, 3]
+def _hit_points(scene: Scene) -> np.ndarray:
+    """(N, H, W, 3) unit directions from the centre to where each pixel's ray meets the surface (z-depth cue)."""
+    uv = pixel_grid(scene.height, scene.width)
+    points = []
+    for K, pose, depth in zip(scene.intrinsics, scene.cam_to_world, scene.depths):
+        origins, dirs = pixel_rays(K, pose, uv)  # camera z of dirs is 1: the hit is at z-depth
+        points.append(origins + depth[..., None] * dirs)
+    points = np.stack(points)
     return points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), 1e-12)
 
 
