@@ -65,7 +65,7 @@ class EvalCounter:
 def run(
     scene_dir: Path, gt, encoding: str, overrides: list[str], every: int, resolution: int, stop: int | None = None
 ) -> list[dict]:
-    cfg = load_config(None, [f"encoding.type={encoding}", "train.val_every=0", *overrides])
+    cfg = load_config(None, [f"geometry.arm={encoding}", "train.val_every=0", *overrides])
     scene = load_scene(scene_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -136,7 +136,7 @@ def main() -> None:
         columns = {}
         for index, column in enumerate(args.columns.split(",")):
             encoding, *own = column.split(":")
-            cfg = load_config(None, [f"encoding.type={encoding}", "train.val_every=0", *args.overrides, *own])
+            cfg = load_config(None, [f"geometry.arm={encoding}", "train.val_every=0", *args.overrides, *own])
             fitter = Fitter(scene, Path(tmp) / str(index), cfg, scene_dir)
             set_beta(fitter, args.beta)
             fitter.step = 1  # the first steps run without a grid update; stage_times updates it itself

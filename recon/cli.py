@@ -9,11 +9,17 @@ import sys
 import typing
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from recon.config import ARMS
 from recon.errors import InputError
 
+if TYPE_CHECKING:
+    from recon.config import Config
+
 EXIT_BAD_INPUT = 2
-ENCODINGS = ["hashgrid", "densegrid", "mlp", "sdfgrid"]
-"""MonoSDF's four geometry arms (encoding.type)."""
+RENAMED_OPTIONS = {"--encoding": "--arm", "--encodings": "--arms", "--background": "--rgba-background"}
+"""Options of earlier versions -> their names now (refused with the new name)."""
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +36,7 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume")
     p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, renders)")
-    p.add_argument("--encoding", choices=ENCODINGS, default=None, help="geometry arm (default hashgrid)")
+    p.add_argument("--arm", choices=ARMS, default=None, help="geometry arm (geometry.arm; default hashgrid)")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the config)")
     p.add_argument("--config", type=Path, default=None, help="YAML config file (see configs/)")
     p.add_argument(
@@ -55,7 +61,8 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="load a capture, validate it and print what was found, without training")
     p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic or ngp layout)")
     _add_data_options(p)
-    p.add_argument("--background", choices=["white", "black"], default="white", help="RGBA images are composited on")
+    p.add_argument("--rgba-background", choices=["white", "black"], default="white",
+                   help="colour RGBA images are composited on (data.rgba_background; default white)")
     p.set_defaults(run=_run_check)
 
 
@@ -83,11 +90,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="fit several encodings on one scene, evaluate each, write report.html / .md")
+    p = sub.add_parser("compare", help="fit several geometry arms on one scene, evaluate each, write report.html / .md")
     p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
     p.add_argument("--out", type=Path, required=True, help="comparison folder (one run per arm and seed; resumable)")
-    p.add_argument("--encodings", default="hashgrid,densegrid,mlp,sdfgrid",
-                   help="comma-separated arms (default: MonoSDF's four, hashgrid,densegrid,mlp,sdfgrid)")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help=f"comma-separated geometry arms (default: MonoSDF's four, {','.join(ARMS)})")
     p.add_argument("--seeds", type=int, default=1, help="seeds per arm; K > 1 gives mean ± std (default 1)")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the preset / config)")
     p.add_argument("--preset", default=None, help="configs/NAME.yaml, e.g. quick (all four arms in < 30 min on 2 CPU cores)")
@@ -102,7 +109,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole job on the default scene: synth, fit, extract, evaluate")
     p.add_argument("out_dir", type=Path, help="folder for the scene, the run and the mesh")
-    p.add_argument("--encoding", choices=ENCODINGS, default="hashgrid")
+    p.add_argument("--arm", choices=ARMS, default="hashgrid", help="geometry arm (default hashgrid)")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the config)")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes resolution")
     p.set_defaults(run=_run_demo)
@@ -124,12 +131,13 @@ def _run_synth(args: argparse.Namespace) -> None:
     print(f"wrote scene to {args.out_dir}")
 
 
-def _fit_config(args: argparse.Namespace):
-    from recon.config import load_config
+def _fit_request(args: argparse.Namespace) -> tuple[Config, set[str]]:
+    """The config a fit command asks for, and the keys it sets itself (``recon.config.asked_keys``)."""
+    from recon.config import asked_keys, load_config
 
     overrides = list(getattr(args, "overrides", []))
-    if args.encoding is not None:
-        overrides.append(f"encoding.type={args.encoding}")
+    if args.arm is not None:
+        overrides.append(f"geometry.arm={args.arm}")
     if args.iters is not None:
         overrides.append(f"train.iters={args.iters}")
     if getattr(args, "holdout", None) is not None:
@@ -138,17 +146,18 @@ def _fit_config(args: argparse.Namespace):
         overrides.append(f"data.format={args.format}")
     if getattr(args, "downscale", None) is not None:
         overrides.append(f"data.downscale={args.downscale}")
-    return load_config(getattr(args, "config", None), overrides)
+    config_file = getattr(args, "config", None)
+    return load_config(config_file, overrides), asked_keys(config_file, overrides)
 
 
 def _run_fit(args: argparse.Namespace) -> None:
+    from recon.run import RunDir
     from recon.train import fit
 
-    cfg = _fit_config(args)
-    run_dir = fit(args.data_dir, args.out, cfg, progress=not args.quiet)
-    holdout = run_dir / "holdout.json"
-    if holdout.is_file():
-        summary = json.loads(holdout.read_text())
+    cfg, asked = _fit_request(args)
+    run_dir = fit(args.data_dir, args.out, cfg, progress=not args.quiet, asked=asked)
+    summary = RunDir(run_dir).holdout_summary()
+    if summary is not None:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in summary.items() if k not in ("step", "every", "views"))
         print(f"held-out views {[v['view'] for v in summary['views']]}: {scores}")
     print(f"run saved in {run_dir}")
@@ -159,7 +168,7 @@ def _run_check(args: argparse.Namespace) -> None:
     from recon.datasets.check import describe
 
     logging.getLogger("recon.datasets").setLevel(logging.ERROR)  # the report below lists the warnings
-    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.background)
+    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.rgba_background)
     print("\n".join(describe(scene, args.data_dir)))
 
 
@@ -184,7 +193,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> None:
-    from recon.compare import CompareSpec, parse_encodings, preset_path, run_compare
+    from recon.compare import CompareSpec, parse_arms, preset_path, run_compare
     from recon.config import load_config
     from recon.report import build_report
 
@@ -193,7 +202,7 @@ def _run_compare(args: argparse.Namespace) -> None:
     cfg_file = preset_path(args.preset) if args.preset is not None else args.config
     overrides = list(args.overrides) + ([f"train.iters={args.iters}"] if args.iters is not None else [])
     resolution = args.resolution or load_config(cfg_file, overrides).mesh.resolution
-    spec = CompareSpec(args.data_dir, args.out, parse_encodings(args.encodings), args.seeds, resolution,
+    spec = CompareSpec(args.data_dir, args.out, parse_arms(args.arms), args.seeds, resolution,
                        not args.no_cull, cfg_file, tuple(overrides))
     run_compare(spec, progress=not args.quiet)
     html_path, md_path = build_report(args.out)
@@ -205,17 +214,22 @@ def _run_demo(args: argparse.Namespace) -> None:
     from recon.extract import extract_run
     from recon.train import fit
 
-    scene_dir, run_dir = args.out_dir / "scene", args.out_dir / f"run_{args.encoding}"
+    scene_dir, run_dir = args.out_dir / "scene", args.out_dir / f"run_{args.arm}"
     if not (scene_dir / "cameras_sphere.npz").is_file():
         synthesize(scene_dir)
         print(f"wrote the default scene to {scene_dir}")
-    fit(scene_dir, run_dir, _fit_config(args))
-    print(extract_run(run_dir, args.out_dir / f"mesh_{args.encoding}.ply", args.resolution, False, None))
+    cfg, asked = _fit_request(args)
+    fit(scene_dir, run_dir, cfg, asked=asked)
+    print(extract_run(run_dir, args.out_dir / f"mesh_{args.arm}.ply", args.resolution, False, None))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``recon`` console script."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    for old, new in RENAMED_OPTIONS.items():
+        if any(a == old or a.startswith(old + "=") for a in argv):
+            parser.error(f"{old} was renamed to {new}")
     args, extra = parser.parse_known_args(argv)
     if extra and not hasattr(args, "overrides"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -1,18 +1,18 @@
-"""Fit several encodings on one scene and measure each: MonoSDF's four-arm ablation in one call.
+"""Fit several geometry arms on one scene and measure each: MonoSDF's four-arm ablation in one call.
 
 Layout of a comparison folder ``DIR``::
 
-    DIR/compare.json                     the settings (scene, arms, seeds, iterations, resolution, overrides)
-    DIR/<encoding>/seed<k>/              one fit (a recon run directory: checkpoint, metrics.jsonl, ...)
-    DIR/<encoding>/seed<k>/mesh.ply      its mesh, in world units
-    DIR/<encoding>/seed<k>/result.json   parameters, fit time, PSNR, mesh metrics: written last, atomically
+    DIR/compare.json                the settings (scene, arms, seeds, iterations, resolution, overrides)
+    DIR/<arm>/seed<k>/              one fit (a recon run directory, ``recon.run``)
+    DIR/<arm>/seed<k>/mesh.ply      its mesh, in world units
+    DIR/<arm>/seed<k>/result.json   parameters, fit time, PSNR, mesh metrics: written last, atomically
 
-An arm (one encoding and seed) is finished when its ``result.json`` exists and
+An arm (one geometry arm and seed) is finished when its ``result.json`` exists and
 was made with the same settings; rerunning the same command redoes only the
-others (and ``recon fit`` itself resumes an interrupted fit from its checkpoint).
-Every arm gets the same config apart from ``encoding.type`` and ``train.seed``:
-the arms whose encoding has a size match the hash grid's parameter count
-(``encoding.dense_resolution = 0`` and ``encoding.sdf_resolution = 0``).
+others (and the fit itself resumes from its checkpoint, under ``recon.run``'s resume rule).
+Every arm gets the same config apart from ``geometry.arm`` and ``train.seed``:
+the grid arms match the hash grid's parameter count
+(``encoding.dense_resolution = 0`` and ``geometry.sdf_grid_resolution = 0``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from recon.config import Config, config_to_dict, load_config
+from recon.config import ARMS, Config, config_to_dict, load_config
 from recon.errors import InputError
 from recon.io import write_json_atomic
+from recon.run import RunDir, arm_run_dir, check_resumable
 
-RESULT = "result.json"
-MESH = "mesh.ply"
 SETTINGS = "compare.json"
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 FSCORE_THRESHOLDS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
@@ -45,7 +44,7 @@ class CompareSpec:
 
     data_dir: Path
     out_dir: Path
-    encodings: tuple[str, ...]
+    arms: tuple[str, ...]
     seeds: int = 1
     resolution: int = 256
     cull: bool = True
@@ -54,18 +53,18 @@ class CompareSpec:
     n_points: int = 200_000
     """Samples per mesh for the metrics."""
 
-    def arm_dir(self, encoding: str, seed: int) -> Path:
-        return self.out_dir / encoding / f"seed{seed}"
+    def run_dir(self, arm: str, seed: int) -> RunDir:
+        return RunDir(arm_run_dir(self.out_dir, arm, seed))
 
-    def config_for(self, encoding: str, seed: int) -> Config:
-        """The arm's config: the shared one with its encoding and seed."""
-        extra = [f"encoding.type={encoding}", f"train.seed={seed}"]
+    def config_for(self, arm: str, seed: int) -> Config:
+        """The arm's config: the shared one with its geometry arm and seed."""
+        extra = [f"geometry.arm={arm}", f"train.seed={seed}"]
         return load_config(self.cfg_file, [*self.overrides, *extra])
 
     def settings(self) -> dict[str, Any]:
         """What a finished arm must have been made with (the resume key)."""
-        cfg = config_to_dict(self.config_for(self.encodings[0], 0))
-        cfg["encoding"].pop("type")
+        cfg = config_to_dict(self.config_for(self.arms[0], 0))
+        cfg["geometry"].pop("arm")
         cfg["train"].pop("seed")
         return {"data_dir": str(self.data_dir.resolve()), "resolution": self.resolution, "cull": self.cull,
                 "n_points": self.n_points, "config": cfg}
@@ -80,28 +79,22 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def parse_encodings(text: str) -> tuple[str, ...]:
-    """``'hashgrid,densegrid'`` -> the arms, checked against the config schema's encodings."""
-    from typing import get_args, get_type_hints
-
-    from recon.config import EncodingConfig
-
-    known = get_args(get_type_hints(EncodingConfig)["type"])
+def parse_arms(text: str) -> tuple[str, ...]:
+    """``'hashgrid,densegrid'`` -> the arms, checked against the config schema's arms."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    bad = [n for n in names if n not in known]
+    bad = [n for n in names if n not in ARMS]
     if not names or bad:
-        raise InputError("--encodings", f"unknown encoding(s) {', '.join(bad) or '(none given)'} (known: {', '.join(known)})")
+        raise InputError("--arms", f"unknown arm(s) {', '.join(bad) or '(none given)'} (known: {', '.join(ARMS)})")
     if len(set(names)) != len(names):
-        raise InputError("--encodings", f"an encoding is listed twice: {text}")
+        raise InputError("--arms", f"an arm is listed twice: {text}")
     return names
 
 
-def _is_finished(arm_dir: Path, settings: dict[str, Any]) -> bool:
-    path = arm_dir / RESULT
-    if not path.is_file() or not (arm_dir / MESH).is_file():
+def _is_finished(run: RunDir, settings: dict[str, Any]) -> bool:
+    if not run.result.is_file() or not run.mesh.is_file():
         return False
     try:
-        return json.loads(path.read_text()).get("settings") == json.loads(json.dumps(settings))
+        return json.loads(run.result.read_text()).get("settings") == json.loads(json.dumps(settings))
     except ValueError:
         return False
 
@@ -114,26 +107,26 @@ def run_compare(spec: CompareSpec, progress: bool = True) -> list[dict[str, Any]
         raise InputError("--seeds", f"must be at least 1, got {spec.seeds}")
     if spec.resolution < 8:
         raise InputError("--resolution", f"must be at least 8, got {spec.resolution}")
-    data = spec.config_for(spec.encodings[0], 0).data
-    scene = load_scene(spec.data_dir, data.format, data.downscale, data.background)  # bad input stops here
+    data = spec.config_for(spec.arms[0], 0).data
+    scene = load_scene(spec.data_dir, data.format, data.downscale, data.rgba_background)  # bad input stops here
     settings = spec.settings()
-    arms = [(enc, seed) for seed in range(spec.seeds) for enc in spec.encodings]
-    for enc, seed in arms:  # before anything is written
-        if not _is_finished(spec.arm_dir(enc, seed), settings):
-            _check_same_fit(spec.arm_dir(enc, seed), spec.config_for(enc, seed))
+    arms = [(arm, seed) for seed in range(spec.seeds) for arm in spec.arms]
+    for arm, seed in arms:  # before anything is written
+        if not _is_finished(spec.run_dir(arm, seed), settings):
+            check_resumable(spec.run_dir(arm, seed).root, spec.config_for(arm, seed))
     gt = str(scene.gt_mesh_path.resolve()) if scene.gt_mesh_path else None
-    write_json_atomic(spec.out_dir / SETTINGS, {**settings, "encodings": list(spec.encodings), "seeds": spec.seeds,
+    write_json_atomic(spec.out_dir / SETTINGS, {**settings, "arms": list(spec.arms), "seeds": spec.seeds,
                                                  "overrides": list(spec.overrides), "gt_mesh": gt,
                                                  "up": scene_up(scene).tolist()})
     results = []
-    for number, (encoding, seed) in enumerate(arms, start=1):
-        arm_dir = spec.arm_dir(encoding, seed)
-        label = f"[arm {number}/{len(arms)}] {encoding} seed {seed}"
-        if _is_finished(arm_dir, settings):
+    for number, (arm, seed) in enumerate(arms, start=1):
+        run = spec.run_dir(arm, seed)
+        label = f"[arm {number}/{len(arms)}] {arm} seed {seed}"
+        if _is_finished(run, settings):
             print(f"{label}: finished earlier, kept")
         else:
-            _run_arm(spec, scene, encoding, seed, settings, label, progress)
-        results.append(json.loads((arm_dir / RESULT).read_text()))
+            _run_arm(spec, scene, arm, seed, settings, label, progress)
+        results.append(json.loads(run.result.read_text()))
     return results
 
 
@@ -144,66 +137,47 @@ def scene_up(scene) -> np.ndarray:
     return up / norm if norm > 1e-6 else np.array([0.0, 0.0, 1.0])
 
 
-def _run_arm(spec: CompareSpec, scene, encoding: str, seed: int, settings: dict[str, Any], label: str,
+def _run_arm(spec: CompareSpec, scene, arm: str, seed: int, settings: dict[str, Any], label: str,
              progress: bool) -> None:
     from recon.extract import run_mesh
     from recon.mesh import save_mesh
     from recon.train import fit
 
-    arm_dir = spec.arm_dir(encoding, seed)
-    cfg = spec.config_for(encoding, seed)
+    run = spec.run_dir(arm, seed)
+    cfg = spec.config_for(arm, seed)
     print(f"{label}: fitting {cfg.train.iters} steps")
-    fit(spec.data_dir, arm_dir, cfg, progress=progress)
-    meta = json.loads((arm_dir / "meta.json").read_text())
+    fit(spec.data_dir, run.root, cfg, progress=progress)
+    meta = run.read_meta()
     print(f"{label}: {meta['n_params_encoding']:,} encoding parameters, {meta['n_params_total']:,} in all; "
           f"extracting the mesh at {spec.resolution}^3")
     start = time.perf_counter()
-    mesh = run_mesh(arm_dir, spec.resolution, progress=progress)
-    save_mesh(mesh, arm_dir / MESH)
+    mesh = run_mesh(run.root, spec.resolution, progress=progress)
+    save_mesh(mesh, run.mesh)
     result = {
-        "encoding": encoding, "seed": seed, "settings": settings,
+        "arm": arm, "seed": seed, "settings": settings,
         "n_params_encoding": meta["n_params_encoding"], "n_params_total": meta["n_params_total"],
-        "mesh": MESH, "mesh_seconds": time.perf_counter() - start,
-        **_training_summary(arm_dir),
+        "mesh": run.mesh.name, "mesh_seconds": time.perf_counter() - start,
+        **_training_summary(run),
         "metrics": _evaluate(spec, scene, mesh),
     }
-    write_json_atomic(arm_dir / RESULT, result)
+    write_json_atomic(run.result, result)
     print(f"{label}: {_one_line(result)}")
 
 
-def _check_same_fit(arm_dir: Path, cfg: Config) -> None:
-    """A fit resumes with its saved config (only the step count may change): refuse other settings."""
-    import yaml
-
-    saved_path = arm_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved, wanted = yaml.safe_load(saved_path.read_text()) or {}, config_to_dict(cfg)
-    for section in (saved, wanted):
-        section.get("train", {}).pop("iters", None)
-    changed = [f"{sec}.{key}" for sec, values in wanted.items() for key, value in values.items()
-               if saved.get(sec, {}).get(key, value) != value]
-    if changed:
-        raise InputError(arm_dir, f"was fitted with other settings ({', '.join(changed[:5])}); "
-                         "use another --out for a comparison with these")
-
-
-def _training_summary(arm_dir: Path) -> dict[str, Any]:
-    """Fit time and final training PSNR from metrics.jsonl; held-out PSNR / mask IoU from holdout.json."""
-    lines = [json.loads(x) for x in (arm_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    steps = [x for x in lines if "loss" in x]
+def _training_summary(run: RunDir) -> dict[str, Any]:
+    """Fit time and final training PSNR from the metrics log; held-out PSNR / mask IoU from holdout.json."""
+    steps = run.training_log()
     out: dict[str, Any] = {"fit_seconds": steps[-1]["elapsed_s"] if steps else 0.0,
                            "train_psnr": steps[-1]["psnr"] if steps else None}
-    holdout = arm_dir / "holdout.json"
-    if holdout.is_file():
-        data = json.loads(holdout.read_text())
-        out["holdout_psnr"] = data.get("psnr")
-        out["holdout_mask_iou"] = data.get("mask_iou")
+    holdout = run.holdout_summary()
+    if holdout is not None:
+        out["holdout_psnr"] = holdout.get("psnr")
+        out["holdout_mask_iou"] = holdout.get("mask_iou")
     return out
 
 
 def _evaluate(spec: CompareSpec, scene, mesh) -> dict[str, float] | None:
-    from recon.extract import load_mesh
+    from recon.mesh import load_mesh
     from recon.metrics import Views, mesh_metrics
 
     if scene.gt_mesh_path is None:
@@ -243,11 +217,11 @@ def result_value(result: dict[str, Any], key: str) -> float | None:
 
 
 def summarise(results: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, dict[str, tuple[float, float] | None]]:
-    """encoding -> key -> (mean, std) over seeds, in the order the encodings first appear."""
-    by_encoding: dict[str, list[dict[str, Any]]] = {}
+    """arm -> key -> (mean, std) over seeds, in the order the arms first appear."""
+    by_arm: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        by_encoding.setdefault(r["encoding"], []).append(r)
-    return {enc: {k: mean_std([result_value(r, k) for r in rs]) for k in keys} for enc, rs in by_encoding.items()}
+        by_arm.setdefault(r["arm"], []).append(r)
+    return {arm: {k: mean_std([result_value(r, k) for r in rs]) for k in keys} for arm, rs in by_arm.items()}
 
 
 def load_results(out_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -259,8 +233,8 @@ def load_results(out_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, An
     settings = json.loads(settings_path.read_text())
     results = []
     for seed in range(settings["seeds"]):
-        for enc in settings["encodings"]:
-            path = out_dir / enc / f"seed{seed}" / RESULT
+        for arm in settings["arms"]:
+            path = RunDir(arm_run_dir(out_dir, arm, seed)).result
             if path.is_file():
                 results.append(json.loads(path.read_text()))
     return settings, results

@@ -19,13 +19,52 @@ import yaml
 from recon.errors import InputError
 
 
+ARMS = ("hashgrid", "densegrid", "mlp", "sdfgrid")
+"""MonoSDF's four geometry arms (``geometry.arm``)."""
+
+
+@dataclass
+class GeometryConfig:
+    """The geometry arm and its SDF network (MonoSDF / IDR layout)."""
+
+    arm: Literal["hashgrid", "densegrid", "mlp", "sdfgrid"] = "hashgrid"
+    """MonoSDF's four arms: a multi-resolution hash grid or one dense feature grid (both feeding the
+    SDF MLP; see ``encoding``), no grid (a deep positional-encoding MLP), or a dense grid that stores
+    the SDF itself (no geometry MLP)."""
+    hidden_dim: int = 64
+    """Grid arms: width of the SDF MLP's hidden layers (MonoSDF: 256)."""
+    n_hidden_layers: int = 2
+    """Grid arms: hidden layers of the SDF MLP."""
+    feature_dim: int = 64
+    """Size of the geometry feature passed to the colour MLP (MonoSDF: 256)."""
+    pe_frequencies: int = 6
+    """Positional-encoding frequencies of x in the SDF MLP's input."""
+    softplus_beta: float = 100.0
+    """Beta of the Softplus activation."""
+    weight_norm: bool = True
+    """Weight normalisation on the SDF MLP's linear layers."""
+    sphere_radius: float = 0.6
+    """Geometric initialisation: the SDF starts as a sphere of this radius."""
+    inside_outside: bool = False
+    """Flip the initial sphere (camera inside, for rooms)."""
+    mlp_arm_hidden_dim: int = 256
+    """MLP arm: width of its SDF MLP's hidden layers (MonoSDF: 256)."""
+    mlp_arm_n_hidden_layers: int = 8
+    """MLP arm: hidden layers of its SDF MLP (MonoSDF: 8)."""
+    mlp_arm_skip_layer: int = 4
+    """MLP arm: the linear layer that sees the encoded input again, concatenated (MonoSDF: 4; 0: none)."""
+    sdf_grid_resolution: int = 0
+    """SDF grid arm: vertices per axis; 0 matches the hash grid's parameter count (one value per vertex)."""
+    numerical_gradient: bool = False
+    """Neuralangelo's finite-difference SDF gradients while fitting (6 more SDF evaluations per point, no
+    double backward), with a step of one cell of the finest active grid level."""
+
+
 @dataclass
 class EncodingConfig:
-    """Grid encoding of points in [0, 1]^3 (field names follow tiny-cuda-nn)."""
+    """The grid encoding of points in [0, 1]^3 that feeds the SDF MLP of the two grid arms (field
+    names follow tiny-cuda-nn): the hash grid's levels, or the dense grid's size."""
 
-    type: Literal["hashgrid", "densegrid", "mlp", "sdfgrid"] = "hashgrid"
-    """MonoSDF's four arms: multi-resolution hash grid, one dense feature grid, no grid (a deep
-    positional-encoding MLP), or a dense grid that stores the SDF itself (no geometry MLP)."""
     n_levels: int = 16
     """Hash grid: number of resolution levels."""
     n_features_per_level: int = 2
@@ -42,19 +81,16 @@ class EncodingConfig:
     """Dense grid: vertices per axis; 0 matches the hash grid's parameter count."""
     dense_features: int = 8
     """Dense grid: features per vertex."""
-    mlp_hidden_dim: int = 256
-    """MLP arm: width of the SDF MLP's hidden layers (MonoSDF: 256; the grid arms use field.hidden_dim)."""
-    mlp_n_hidden_layers: int = 8
-    """MLP arm: hidden layers of the SDF MLP (MonoSDF: 8)."""
-    mlp_skip_layer: int = 4
-    """MLP arm: the linear layer that sees the encoded input again, concatenated (MonoSDF: 4; 0: none)."""
-    sdf_resolution: int = 0
-    """SDF grid: vertices per axis; 0 matches the hash grid's parameter count (one value per vertex)."""
     init_scale: float = 1e-4
     """Parameters start uniform in [-init_scale, init_scale]."""
     backend: Literal["auto", "torch", "tcnn", "fused"] = "auto"
     """auto: tinycudann on CUDA when it imports, else the fused CPU kernel on the CPU when it
     builds, else pure PyTorch; fused: the compiled CPU kernel (an error when it cannot be built)."""
+    c2f_start_levels: int = 0
+    """Coarse-to-fine (Neuralangelo): hash-grid levels whose features the SDF MLP sees at the start,
+    one more every c2f_every steps (0: all levels from the start)."""
+    c2f_every: int = 100
+    """Coarse-to-fine: steps between enabling one more hash-grid level."""
 
     @property
     def per_level_scale(self) -> float:
@@ -65,29 +101,13 @@ class EncodingConfig:
 
 
 @dataclass
-class FieldConfig:
-    """SDF MLP and colour MLP (MonoSDF / IDR layout)."""
+class ColorConfig:
+    """The colour MLP (IDR mode): position, view direction, normal and geometry feature -> RGB."""
 
     hidden_dim: int = 64
-    """Width of the SDF MLP's hidden layers (MonoSDF: 256)."""
+    """Width of the hidden layers (MonoSDF: 256)."""
     n_hidden_layers: int = 2
-    """Hidden layers of the SDF MLP."""
-    feature_dim: int = 64
-    """Size of the geometry feature passed to the colour MLP (MonoSDF: 256)."""
-    pe_frequencies: int = 6
-    """Positional-encoding frequencies of x in the SDF MLP's input."""
-    softplus_beta: float = 100.0
-    """Beta of the Softplus activation."""
-    weight_norm: bool = True
-    """Weight normalisation on the SDF MLP's linear layers."""
-    sphere_radius: float = 0.6
-    """Geometric initialisation: the SDF starts as a sphere of this radius."""
-    inside_outside: bool = False
-    """Flip the initial sphere (camera inside, for rooms)."""
-    color_hidden_dim: int = 64
-    """Width of the colour MLP's hidden layers (MonoSDF: 256)."""
-    color_hidden_layers: int = 2
-    """Hidden layers of the colour MLP."""
+    """Hidden layers."""
     view_pe_frequencies: int = 4
     """Positional-encoding frequencies of the view direction."""
     appearance_dim: int = 0
@@ -187,14 +207,6 @@ class TrainConfig:
     """CPU threads for torch (0: torch's default)."""
     occupancy_every: int = 16
     """Steps between updates of the occupancy grid (render.occupancy_resolution)."""
-    c2f_start_levels: int = 0
-    """Coarse-to-fine (Neuralangelo): hash-grid levels whose features the SDF MLP sees at the start,
-    one more every c2f_every steps (0: all levels from the start)."""
-    c2f_every: int = 100
-    """Coarse-to-fine: steps between enabling one more hash-grid level."""
-    numerical_gradient: bool = False
-    """Neuralangelo's finite-difference SDF gradients while fitting (6 more SDF evaluations per point, no
-    double backward), with a step of one cell of the finest active hash-grid level."""
 
 
 @dataclass
@@ -205,8 +217,9 @@ class DataConfig:
     """Capture format; auto detects it from the files."""
     downscale: int = 1
     """Integer factor: images, masks and cues are area-averaged, intrinsics follow."""
-    background: Literal["white", "black"] = "white"
-    """Colour RGBA images (NeRF-synthetic, ngp) are composited on (NeRF: white)."""
+    rgba_background: Literal["white", "black"] = "white"
+    """Colour that RGBA images (NeRF-synthetic, ngp) are composited on when read (NeRF: white); what the
+    fit renders behind the scene is ``render.background``."""
     max_rays: int = 1 << 20
     """Most rays built at once (a training batch, or a chunk of a rendered image)."""
 
@@ -229,8 +242,9 @@ class MeshConfig:
 class Config:
     """Everything a run needs."""
 
+    geometry: GeometryConfig = dataclasses.field(default_factory=GeometryConfig)
     encoding: EncodingConfig = dataclasses.field(default_factory=EncodingConfig)
-    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    color: ColorConfig = dataclasses.field(default_factory=ColorConfig)
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -276,22 +290,60 @@ def _section_types(section: Any) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section)}
 
 
-def apply_dict(cfg: Config, data: dict[str, Any], source: str) -> Config:
-    """Set the fields named in a nested dict; unknown keys raise ``InputError``."""
+RENAMED_KEYS = {
+    "encoding.type": "geometry.arm",
+    "encoding.mlp_hidden_dim": "geometry.mlp_arm_hidden_dim",
+    "encoding.mlp_n_hidden_layers": "geometry.mlp_arm_n_hidden_layers",
+    "encoding.mlp_skip_layer": "geometry.mlp_arm_skip_layer",
+    "encoding.sdf_resolution": "geometry.sdf_grid_resolution",
+    **{f"field.{key}": f"geometry.{key}" for key in (
+        "hidden_dim", "n_hidden_layers", "feature_dim", "pe_frequencies", "softplus_beta", "weight_norm",
+        "sphere_radius", "inside_outside")},
+    "field.color_hidden_dim": "color.hidden_dim",
+    "field.color_hidden_layers": "color.n_hidden_layers",
+    "field.view_pe_frequencies": "color.view_pe_frequencies",
+    "field.appearance_dim": "color.appearance_dim",
+    "train.c2f_start_levels": "encoding.c2f_start_levels",
+    "train.c2f_every": "encoding.c2f_every",
+    "train.numerical_gradient": "geometry.numerical_gradient",
+    "data.background": "data.rgba_background",
+}
+"""Keys of earlier versions -> their names now. A config that uses an old key is refused with the
+new name; a checkpoint's saved config is translated (``config_from_dict(..., migrate=True)``)."""
+
+
+def apply_dict(cfg: Config, data: dict[str, Any], source: str, migrate: bool = False) -> Config:
+    """Set the fields named in a nested dict; unknown or renamed keys raise ``InputError``
+    (``migrate``: renamed keys are taken under their new names instead)."""
     if not isinstance(data, dict):
         raise InputError(source, "must hold a mapping of sections")
-    for section_name, values in data.items():
+    for name, value in _flatten(data, source).items():
+        if name in RENAMED_KEYS:
+            if not migrate:
+                raise InputError(source, f"config key {name} was renamed to {RENAMED_KEYS[name]}")
+            name = RENAMED_KEYS[name]
+        section_name, key = name.split(".", 1)
         section = getattr(cfg, section_name, None) if section_name in _section_names() else None
         if section is None:
             raise InputError(source, f"unknown config section {section_name!r} (known: {', '.join(_section_names())})")
-        if not isinstance(values, dict):
-            raise InputError(source, f"section {section_name!r} must be a mapping")
         types = _section_types(section)
-        for key, value in values.items():
-            if key not in types:
-                raise InputError(source, f"unknown config key {section_name}.{key}")
-            setattr(section, key, _coerce(value, types[key], f"{source}: {section_name}.{key}"))
+        if key not in types:
+            raise InputError(source, f"unknown config key {name}")
+        setattr(section, key, _coerce(value, types[key], f"{source}: {name}"))
     return cfg
+
+
+def _flatten(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """``{'train': {'iters': 5}}`` -> ``{'train.iters': 5}``; a section that is not a mapping is an error."""
+    flat = {}
+    for section_name, values in data.items():
+        if not isinstance(values, dict):
+            known = section_name in _section_names() or section_name == "field"
+            if not known:
+                raise InputError(source, f"unknown config section {section_name!r} (known: {', '.join(_section_names())})")
+            raise InputError(source, f"section {section_name!r} must be a mapping")
+        flat.update({f"{section_name}.{key}": value for key, value in values.items()})
+    return flat
 
 
 def _section_names() -> list[str]:
@@ -312,19 +364,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
     cfg = Config()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(path, "config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise InputError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
-        apply_dict(cfg, data, str(path))
+        apply_dict(cfg, _read_yaml(Path(path)), str(path))
     for text in overrides or []:
         apply_dict(cfg, parse_override(text), text)
     return cfg
 
 
-def config_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a config saved with ``config_to_dict``."""
-    return apply_dict(Config(), data, source)
+def asked_keys(path: str | Path | None = None, overrides: list[str] | None = None) -> set[str]:
+    """The ``section.key`` names that the YAML file at ``path`` and the overrides set (what a command
+    asks for, as opposed to the defaults); call after ``load_config`` has checked them."""
+    keys = set(_flatten(_read_yaml(Path(path)), str(path))) if path is not None else set()
+    for text in overrides or []:
+        keys |= set(_flatten(parse_override(text), text))
+    return keys
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(path, "config file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def config_from_dict(data: dict[str, Any], source: str = "checkpoint", migrate: bool = False) -> Config:
+    """Rebuild a config saved with ``config_to_dict`` (``migrate``: one saved by an earlier version,
+    its renamed keys taken under their new names)."""
+    return apply_dict(Config(), data, source, migrate)

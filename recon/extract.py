@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,23 +9,9 @@ import trimesh
 
 from recon.errors import InputError
 from recon.io import write_json_atomic
-from recon.mesh import extract_mesh, save_mesh
+from recon.mesh import extract_mesh, load_mesh, save_mesh
 from recon.metrics import DETAIL_RADIUS_REL, Views, format_metrics, mesh_metrics
-from recon.train import load_model
-
-
-def load_mesh(path: str | Path) -> trimesh.Trimesh:
-    """Read a triangle mesh; a missing or unreadable file is an ``InputError``."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "mesh file not found")
-    try:
-        mesh = trimesh.load(path, force="mesh", process=False)
-    except Exception as err:  # noqa: BLE001 - every reader failure is one user-facing error
-        raise InputError(path, f"not a readable mesh ({type(err).__name__}: {err})") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise InputError(path, "holds no triangles")
-    return mesh
+from recon.run import RunDir, load_model
 
 
 def run_mesh(run_dir: str | Path, resolution: int | None, largest_component: bool = False,
@@ -70,8 +55,8 @@ def extract_run(
     mesh = run_mesh(run_dir, resolution, largest_component)
     save_mesh(mesh, output)
     lines = [f"mesh: {output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)"]
-    meta = Path(run_dir) / "meta.json"
-    gt = gt_path or (json.loads(meta.read_text()).get("gt_mesh") if meta.is_file() else None)
+    run = RunDir(Path(run_dir))
+    gt = gt_path or (run.read_meta().get("gt_mesh") if run.meta.is_file() else None)
     if gt and Path(gt).is_file():
         metrics = mesh_metrics(mesh, load_mesh(gt))
         write_json_atomic(Path(output).with_suffix(".metrics.json"), metrics)

@@ -3,6 +3,10 @@
 ``hashgrid`` / ``densegrid``: a grid encoding feeding a small SDF MLP; ``mlp``: no grid, a
 deep positional-encoding MLP with a skip connection; ``sdfgrid``: a dense grid that stores
 the SDF itself. All four feed the same colour MLP.
+
+The field owns its training-time state: ``NeuralSDF.update_step(step)`` sets the
+coarse-to-fine level mask (``encoding.c2f_*``) and the finite-difference step
+(``geometry.numerical_gradient``) for the step about to run; the trainer only calls it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from recon.config import EncodingConfig, FieldConfig
+from recon.config import ColorConfig, EncodingConfig, GeometryConfig
 from recon.encodings import GridEncoding, make_encoding, matched_dense_resolution
+from recon.encodings.grid import hash_grid_levels
 from recon.errors import InputError
 
 
@@ -46,23 +51,48 @@ class MLPShape:
     skip_layer: int = 0
 
 
+@dataclass(frozen=True)
+class CoarseToFine:
+    """Neuralangelo's coarse-to-fine schedule over a hash grid's levels (``encoding.c2f_*``)."""
+
+    start_levels: int
+    """Levels the SDF MLP sees at step 0 (0: all levels from the start)."""
+    every: int
+    """Steps between enabling one more level."""
+
+    def active_levels(self, step: int, n_levels: int) -> int:
+        """Levels whose features the SDF MLP sees at ``step``."""
+        if self.start_levels <= 0:
+            return n_levels
+        return min(n_levels, self.start_levels + step // max(self.every, 1))
+
+
 class SDFNetwork(nn.Module):
     """SDF MLP: ``cat(x, PE(x), grid(x))`` -> (sdf, feature).
 
     Points are in normalised coordinates (the scene's unit sphere); the grid sees
     them mapped to [0, 1]^3 by ``(x / scene_radius + 1) / 2``. With a skip layer (IDR /
     MonoSDF's MLP arm), that layer's input is ``cat(h, input) / sqrt(2)``.
+
+    ``level_resolutions`` are the grid's level resolutions (the finest active one sets the
+    finite-difference step); ``coarse_to_fine`` masks the features of the levels not yet active.
     """
 
     def __init__(
-        self, cfg: FieldConfig, encoding: nn.Module | None, scene_radius: float = 1.0, shape: MLPShape | None = None
+        self, cfg: GeometryConfig, encoding: GridEncoding | None, scene_radius: float = 1.0,
+        shape: MLPShape | None = None, level_resolutions: list[int] | None = None,
+        coarse_to_fine: CoarseToFine | None = None,
     ) -> None:
         super().__init__()
         shape = shape or MLPShape(cfg.hidden_dim, cfg.n_hidden_layers)
         self.cfg = cfg
         self.encoding = encoding
         self.grid_mask: torch.Tensor | None = None
-        """Coarse-to-fine: a 0/1 mask (grid out_dim,) on the grid features, set by the trainer (None: all)."""
+        """Coarse-to-fine: a 0/1 mask (grid out_dim,) on the grid features (None: all), set by ``update_step``."""
+        self.level_resolutions = level_resolutions or [lv.resolution for lv in encoding.levels]
+        self.coarse_to_fine = coarse_to_fine
+        self.finest_resolution = self.level_resolutions[-1]
+        """Resolution of the finest level active at the current step."""
         self.scene_radius = scene_radius
         self.feature_dim = cfg.feature_dim
         self.skip_layer = shape.skip_layer if shape.skip_layer > 0 else -1
@@ -76,6 +106,20 @@ class SDFNetwork(nn.Module):
         if cfg.weight_norm:
             self.layers = nn.ModuleList(weight_norm(layer) for layer in self.layers)
         self.activation = nn.Softplus(beta=cfg.softplus_beta)
+
+    def update_step(self, step: int) -> None:
+        """The coarse-to-fine mask and the finest active level for ``step``."""
+        n_levels = len(self.level_resolutions)
+        active = self.coarse_to_fine.active_levels(step, n_levels) if self.coarse_to_fine else n_levels
+        self.finest_resolution = self.level_resolutions[active - 1]
+        if self.coarse_to_fine is None or self.encoding is None:
+            return
+        mask = None
+        if active < n_levels:
+            per_level = self.encoding.out_dim // n_levels
+            mask = torch.zeros(self.encoding.out_dim, device=self.encoding.params.device)
+            mask[: active * per_level] = 1.0
+        self.grid_mask = mask
 
     @torch.no_grad()
     def _geometric_init(self, in_dim: int) -> None:
@@ -118,23 +162,24 @@ def _check_skip(skip_layer: int, shape: MLPShape, in_dim: int) -> None:
         return
     if not 1 <= skip_layer <= shape.n_hidden_layers - 1:
         raise InputError(
-            "encoding.mlp_skip_layer", f"must be 0 or in 1..{shape.n_hidden_layers - 1} (a hidden layer), got {skip_layer}"
+            "geometry.mlp_arm_skip_layer",
+            f"must be 0 or in 1..{shape.n_hidden_layers - 1} (a hidden layer), got {skip_layer}",
         )
     if shape.hidden_dim <= in_dim:
-        raise InputError("encoding.mlp_hidden_dim", f"must exceed the input size {in_dim} to have a skip layer")
+        raise InputError("geometry.mlp_arm_hidden_dim", f"must exceed the input size {in_dim} to have a skip layer")
 
 
-def sdf_grid_resolution(cfg: EncodingConfig) -> int:
-    """Vertices per axis of the SDF grid: ``cfg.sdf_resolution``, or R^3 ~ the hash grid's count."""
-    if cfg.sdf_resolution:
-        return cfg.sdf_resolution
-    return matched_dense_resolution(dataclasses.replace(cfg, dense_features=1))
+def sdf_grid_resolution(geometry: GeometryConfig, encoding: EncodingConfig) -> int:
+    """Vertices per axis of the SDF grid: ``geometry.sdf_grid_resolution``, or R^3 ~ the hash grid's count."""
+    if geometry.sdf_grid_resolution:
+        return geometry.sdf_grid_resolution
+    return matched_dense_resolution(dataclasses.replace(encoding, dense_features=1))
 
 
 class SDFGridNetwork(nn.Module):
     """MonoSDF's dense SDF grid arm: the SDF itself at R^3 vertices, trilinear, no geometry MLP.
 
-    Storage is a one-level dense ``GridEncoding`` with one feature (its hand-written first
+    Storage is a one-level dense grid encoding with one feature (its hand-written first
     and second derivatives serve the eikonal loss). Vertex ``i`` of an axis sits at
     ``scene_radius (2 (i - 0.5) / (R - 2) - 1)``: half a cell beyond the box on each side,
     so every point of the box interpolates stored vertices (none wrap around). Values are
@@ -145,19 +190,26 @@ class SDFGridNetwork(nn.Module):
     the colour MLP also sees x itself): there is no geometry network to produce one.
     """
 
-    def __init__(self, encoding_cfg: EncodingConfig, cfg: FieldConfig, scene_radius: float = 1.0) -> None:
+    def __init__(self, cfg: GeometryConfig, encoding_cfg: EncodingConfig, scene_radius: float = 1.0) -> None:
         super().__init__()
-        resolution = sdf_grid_resolution(encoding_cfg)
+        resolution = sdf_grid_resolution(cfg, encoding_cfg)
         if resolution < 4:
-            raise InputError("encoding.sdf_resolution", f"must be at least 4 (or 0: parameter-matched), got {resolution}")
-        storage = dataclasses.replace(encoding_cfg, type="densegrid", dense_resolution=resolution, dense_features=1)
-        self.encoding = GridEncoding(storage)
+            raise InputError(
+                "geometry.sdf_grid_resolution", f"must be at least 4 (or 0: parameter-matched), got {resolution}"
+            )
+        storage = dataclasses.replace(encoding_cfg, dense_resolution=resolution, dense_features=1, backend="torch")
+        self.encoding = make_encoding(storage, "densegrid", "cpu")
         self.cfg = cfg
         self.resolution = resolution
         self.scene_radius = scene_radius
         self.cell = 2.0 * scene_radius / (resolution - 2)
+        self.finest_resolution = resolution - 2
+        """Cells across the scene box (2 scene_radius / cell): one cell sets the finite-difference step."""
         self.feature_dim = positional_encoding_dim(3, cfg.pe_frequencies) - 3
         self._sphere_init()
+
+    def update_step(self, step: int) -> None:
+        """Nothing changes with the step: the SDF grid has one level."""
 
     def vertex_positions(self) -> torch.Tensor:
         """(R^3, 3) normalised positions of the vertices, in table order (x fastest)."""
@@ -186,12 +238,12 @@ class SDFGridNetwork(nn.Module):
 class ColorNetwork(nn.Module):
     """IDR-mode colour MLP: ``cat(x, PE(view_dir), normal, feature[, appearance])`` -> RGB in (0, 1)."""
 
-    def __init__(self, cfg: FieldConfig, n_images: int, feature_dim: int) -> None:
+    def __init__(self, cfg: ColorConfig, n_images: int, feature_dim: int) -> None:
         super().__init__()
         self.cfg = cfg
         view_dim = positional_encoding_dim(3, cfg.view_pe_frequencies)
         in_dim = 3 + view_dim + 3 + feature_dim + cfg.appearance_dim
-        dims = [in_dim] + [cfg.color_hidden_dim] * cfg.color_hidden_layers + [3]
+        dims = [in_dim] + [cfg.hidden_dim] * cfg.n_hidden_layers + [3]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.appearance = nn.Embedding(n_images, cfg.appearance_dim) if cfg.appearance_dim > 0 else None
 
@@ -218,15 +270,18 @@ class ColorNetwork(nn.Module):
 
 
 def make_geometry(
-    encoding_cfg: EncodingConfig, field_cfg: FieldConfig, scene_radius: float, device: torch.device
+    cfg: GeometryConfig, encoding_cfg: EncodingConfig, scene_radius: float, device: torch.device
 ) -> SDFNetwork | SDFGridNetwork:
-    """The geometry network of the arm ``encoding_cfg.type`` names."""
-    if encoding_cfg.type == "sdfgrid":
-        return SDFGridNetwork(encoding_cfg, field_cfg, scene_radius)
-    if encoding_cfg.type == "mlp":
-        shape = MLPShape(encoding_cfg.mlp_hidden_dim, encoding_cfg.mlp_n_hidden_layers, encoding_cfg.mlp_skip_layer)
-        return SDFNetwork(field_cfg, None, scene_radius, shape)
-    return SDFNetwork(field_cfg, make_encoding(encoding_cfg, device), scene_radius)
+    """The geometry network of the arm ``cfg.arm``."""
+    if cfg.arm == "sdfgrid":
+        return SDFGridNetwork(cfg, encoding_cfg, scene_radius)
+    if cfg.arm == "mlp":
+        shape = MLPShape(cfg.mlp_arm_hidden_dim, cfg.mlp_arm_n_hidden_layers, cfg.mlp_arm_skip_layer)
+        resolutions = [level.resolution for level in hash_grid_levels(encoding_cfg)]
+        return SDFNetwork(cfg, None, scene_radius, shape, level_resolutions=resolutions)
+    encoding = make_encoding(encoding_cfg, cfg.arm, device)
+    schedule = CoarseToFine(encoding_cfg.c2f_start_levels, encoding_cfg.c2f_every) if cfg.arm == "hashgrid" else None
+    return SDFNetwork(cfg, encoding, scene_radius, coarse_to_fine=schedule)
 
 
 class NeuralSDF(nn.Module):
@@ -234,17 +289,27 @@ class NeuralSDF(nn.Module):
 
     def __init__(
         self,
-        encoding_cfg: EncodingConfig,
-        field_cfg: FieldConfig,
+        geometry: GeometryConfig,
+        encoding: EncodingConfig,
+        color: ColorConfig,
         n_images: int,
         scene_radius: float = 1.0,
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
-        self.sdf_net = make_geometry(encoding_cfg, field_cfg, scene_radius, torch.device(device))
-        self.color_net = ColorNetwork(field_cfg, n_images, self.sdf_net.feature_dim)
+        self.sdf_net = make_geometry(geometry, encoding, scene_radius, torch.device(device))
+        self.color_net = ColorNetwork(color, n_images, self.sdf_net.feature_dim)
+        self.numerical_gradient = geometry.numerical_gradient
+        self.scene_radius = scene_radius
         self.fd_step = 0.0
-        """> 0: gradients with create_graph are central differences with this step (Neuralangelo), set by the trainer."""
+        """> 0: gradients with create_graph are central differences with this step (Neuralangelo), set by ``update_step``."""
+
+    def update_step(self, step: int) -> None:
+        """Training-time state for ``step``: the coarse-to-fine level mask and, with numerical
+        gradients, a finite-difference step of one cell of the finest active level."""
+        self.sdf_net.update_step(step)
+        if self.numerical_gradient:
+            self.fd_step = 2.0 * self.scene_radius / self.sdf_net.finest_resolution
 
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3) -> sdf (N,)."""

@@ -335,3 +335,17 @@ def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         mesh.export(tmp, file_type=suffix[1:])
     return path
+
+
+def load_mesh(path: str | Path) -> trimesh.Trimesh:
+    """Read a triangle mesh; a missing or unreadable file, or one without triangles, is an ``InputError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "mesh file not found")
+    try:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    except Exception as err:  # noqa: BLE001 - every reader failure is one user-facing error
+        raise InputError(path, f"not a readable mesh ({type(err).__name__}: {err})") from None
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise InputError(path, "holds no triangles")
+    return mesh

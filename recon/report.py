@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,11 @@ from typing import Any
 import numpy as np
 import trimesh
 
-from recon.compare import MESH, load_results, summarise
+from recon.compare import load_results, summarise
 from recon.errors import InputError
 from recon.io import atomic_path, write_text_atomic
+from recon.mesh import load_mesh
+from recon.run import RunDir, arm_run_dir
 
 FILES = "report_files"
 RENDER_SIZE = 320
@@ -82,24 +83,24 @@ def _cell(stat: tuple[float, float] | None, col: Column, n_seeds: int) -> str:
 
 
 def _best(summary: dict[str, dict[str, Any]], col: Column) -> set[str]:
-    """The encodings holding the column's best value (none when all are equal or it is not ranked)."""
-    values = {enc: s[col.key][0] for enc, s in summary.items() if s[col.key] is not None}
+    """The arms holding the column's best value (none when all are equal or it is not ranked)."""
+    values = {arm: s[col.key][0] for arm, s in summary.items() if s[col.key] is not None}
     if col.better is None or len(set(values.values())) < 2:
         return set()
     best = min(values.values()) if col.better == "low" else max(values.values())
-    return {enc for enc, v in values.items() if v == best}
+    return {arm for arm, v in values.items() if v == best}
 
 
 def table_rows(settings: dict[str, Any], results: list[dict[str, Any]]) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Headings and rows of (text, is_best) cells: one row per encoding."""
+    """Headings and rows of (text, is_best) cells: one row per arm."""
     cols = _columns(settings, results)
     summary = summarise(results, [c.key for c in cols])
     best = {c.key: _best(summary, c) for c in cols}
     rows = []
-    for enc, stats in summary.items():
-        n = sum(r["encoding"] == enc for r in results)
-        rows.append([(enc, False)] + [(_cell(stats[c.key], c, n), enc in best[c.key]) for c in cols])
-    return ["encoding"] + [c.heading for c in cols], rows
+    for arm, stats in summary.items():
+        n = sum(r["arm"] == arm for r in results)
+        rows.append([(arm, False)] + [(_cell(stats[c.key], c, n), arm in best[c.key]) for c in cols])
+    return ["arm"] + [c.heading for c in cols], rows
 
 
 # ----------------------------------------------------------------------------- figures
@@ -193,14 +194,12 @@ class Arm:
 
 
 def _arms(out_dir: Path, settings: dict[str, Any]) -> list[Arm]:
-    """Seed 0 of every encoding whose mesh exists."""
-    from recon.extract import load_mesh
-
+    """Seed 0 of every arm whose mesh exists."""
     arms = []
-    for enc in settings["encodings"]:
-        path = out_dir / enc / "seed0" / MESH
+    for arm in settings["arms"]:
+        path = RunDir(arm_run_dir(out_dir, arm, 0)).mesh
         if path.is_file():
-            arms.append(Arm(enc, load_mesh(path), path))
+            arms.append(Arm(arm, load_mesh(path), path))
     return arms
 
 
@@ -248,13 +247,13 @@ def plot_figures(out_dir: Path, results: list[dict[str, Any]]) -> dict[str, str]
 
     files, out = out_dir / FILES, {}
     with_metrics = [r for r in results if r.get("metrics")]
-    colours = {enc: f"C{i}" for i, enc in enumerate(dict.fromkeys(r["encoding"] for r in results))}
+    colours = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys(r["arm"] for r in results))}
     if with_metrics:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for r in with_metrics:
             taus = sorted(float(k.split("@")[1]) for k in r["metrics"] if k.startswith("fscore@"))
             ax.plot([100 * t for t in taus], [100 * r["metrics"][f"fscore@{t:g}"] for t in taus], "o-",
-                    color=colours[r["encoding"]], label=_run_label(r), ms=3, alpha=0.9)
+                    color=colours[r["arm"]], label=_run_label(r), ms=3, alpha=0.9)
         ax.set(xlabel="threshold tau (% of the GT diagonal)", ylabel="F-score (%)", title="F-score against threshold")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -262,12 +261,12 @@ def plot_figures(out_dir: Path, results: list[dict[str, Any]]) -> dict[str, str]
         out["fscore"] = "fscore.png"
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 3.8))
     for r in results:
-        log = _training_log(out_dir, r)
+        log = RunDir(arm_run_dir(out_dir, r["arm"], r["seed"])).training_log()
         if not log:
             continue
         t = [x["elapsed_s"] for x in log]
-        ax_loss.plot(t, [x["loss"] for x in log], color=colours[r["encoding"]], label=_run_label(r), alpha=0.85)
-        ax_psnr.plot(t, [x["psnr"] for x in log], color=colours[r["encoding"]], label=_run_label(r), alpha=0.85)
+        ax_loss.plot(t, [x["loss"] for x in log], color=colours[r["arm"]], label=_run_label(r), alpha=0.85)
+        ax_psnr.plot(t, [x["psnr"] for x in log], color=colours[r["arm"]], label=_run_label(r), alpha=0.85)
     ax_loss.set(xlabel="fit time (s)", ylabel="loss", yscale="log", title="training loss")
     ax_psnr.set(xlabel="fit time (s)", ylabel="PSNR (dB)", title="training PSNR (batch)")
     for ax in (ax_loss, ax_psnr):
@@ -279,15 +278,7 @@ def plot_figures(out_dir: Path, results: list[dict[str, Any]]) -> dict[str, str]
 
 
 def _run_label(result: dict[str, Any]) -> str:
-    return f"{result['encoding']} (seed {result['seed']})" if result["seed"] else result["encoding"]
-
-
-def _training_log(out_dir: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
-    path = out_dir / result["encoding"] / f"seed{result['seed']}" / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [x for x in lines if "loss" in x and "elapsed_s" in x]
+    return f"{result['arm']} (seed {result['seed']})" if result["seed"] else result["arm"]
 
 
 # ----------------------------------------------------------------------------- documents
@@ -391,10 +382,13 @@ def write_html(path: Path, data: ReportData, files_dir: Path) -> None:
     write_text_atomic(path, "\n".join(parts) + "\n")
 
 
+def _relative(path: Path, out_dir: Path) -> str:
+    """``path`` as a link from a document in ``out_dir``."""
+    return Path(os.path.relpath(path.resolve(), out_dir.resolve())).as_posix()
+
+
 def build_report(out_dir: str | Path, figures: bool = True) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.md`` for the comparison in ``out_dir``; return their paths."""
-    from recon.extract import load_mesh
-
     out_dir = Path(out_dir)
     settings, results = load_results(out_dir)
     if not results:
@@ -408,9 +402,10 @@ def build_report(out_dir: str | Path, figures: bool = True) -> tuple[Path, Path]
         shown.update(render_figures(out_dir, arms, gt, np.asarray(settings.get("up", (0.0, 0.0, 1.0)))))
     if figures:
         shown.update(plot_figures(out_dir, results))
-    meshes = [(f"{r['encoding']} seed {r['seed']}", f"{r['encoding']}/seed{r['seed']}/{MESH}") for r in results]
+    meshes = [(f"{r['arm']} seed {r['seed']}", _relative(RunDir(arm_run_dir(out_dir, r["arm"], r["seed"])).mesh, out_dir))
+              for r in results]
     if gt is not None and gt_path is not None:
-        meshes.append(("ground truth", os.path.relpath(gt_path.resolve(), out_dir.resolve())))
+        meshes.append(("ground truth", _relative(gt_path, out_dir)))
     data = ReportData(f"recon compare: {Path(settings['data_dir']).name}", settings, headings, rows, shown, meshes)
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"
     write_markdown(md_path, data)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
 
 from recon.io import atomic_path
+from recon.render.image import RenderedImage
 
 
 def normals_to_rgb(normals: np.ndarray) -> np.ndarray:
@@ -34,14 +34,14 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
-def save_validation_image(path: Path, rendered: dict[str, Any]) -> None:
+def save_validation_image(path: Path, rendered: RenderedImage) -> None:
     """Write ``target | rgb | normal | depth`` side by side as one PNG, atomically."""
     strip = np.concatenate(
         [
-            to_uint8(rendered["target"]),
-            to_uint8(rendered["rgb"]),
-            normals_to_rgb(rendered["normal"]),
-            depth_to_rgb(rendered["depth"], rendered["opacity"]),
+            to_uint8(rendered.target),
+            to_uint8(rendered.rgb),
+            normals_to_rgb(rendered.normal),
+            depth_to_rgb(rendered.depth, rendered.opacity),
         ],
         axis=1,
     )

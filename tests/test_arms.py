@@ -11,22 +11,33 @@ from torch.func import functional_call
 
 from conftest import FAST_FIT
 from recon.cli import main
-from recon.config import EncodingConfig, FieldConfig, load_config
+from recon.config import ColorConfig, EncodingConfig, GeometryConfig, load_config
 from recon.errors import InputError
 from recon.fields import NeuralSDF, SDFGridNetwork, SDFNetwork
-from recon.train import fit, load_model, make_optimizer
-from recon.render.renderer import Density
+from recon.optim import make_optimizer
+from recon.render.density import make_density
+from recon.run import load_model
+from recon.train import fit
 
-TINY_FIELD = FieldConfig(hidden_dim=8, feature_dim=4, pe_frequencies=2, color_hidden_dim=8)
-TINY_MLP = EncodingConfig(type="mlp", mlp_hidden_dim=24, mlp_n_hidden_layers=3, mlp_skip_layer=2)
-TINY_SDFGRID = EncodingConfig(type="sdfgrid", sdf_resolution=6)
+
+def tiny(**kw) -> GeometryConfig:
+    """A small SDF network for the arm ``kw`` names."""
+    return GeometryConfig(**{"hidden_dim": 8, "feature_dim": 4, "pe_frequencies": 2, **kw})
+
+
+def field_of(geometry: GeometryConfig, n_images: int = 1, color: ColorConfig = ColorConfig(hidden_dim=8)) -> NeuralSDF:
+    return NeuralSDF(geometry, EncodingConfig(), color, n_images)
+
+
+TINY_MLP = tiny(arm="mlp", mlp_arm_hidden_dim=24, mlp_arm_n_hidden_layers=3, mlp_arm_skip_layer=2)
+TINY_SDFGRID = tiny(arm="sdfgrid", sdf_grid_resolution=6)
 # The arms at test sizes, for fits (section.key=value overrides on top of FAST_FIT).
 ARM_FIT = {
     # MonoSDF's lr with a warm-up: on this tiny scene the MLP arm loses its surface (SDF > 0 on a 32^3
     # grid) after 10-25 steps and finds it again intermittently (docs/DECISIONS.md), so its fit is short.
-    "mlp": ["encoding.type=mlp", "encoding.mlp_hidden_dim=48", "encoding.mlp_n_hidden_layers=4", "encoding.mlp_skip_layer=2",
+    "mlp": ["geometry.arm=mlp", "geometry.mlp_arm_hidden_dim=48", "geometry.mlp_arm_n_hidden_layers=4", "geometry.mlp_arm_skip_layer=2",
             "train.lr=5e-4", "train.warmup_iters=40", "train.lr_final_factor=1"],
-    "sdfgrid": ["encoding.type=sdfgrid", "encoding.sdf_resolution=40"],
+    "sdfgrid": ["geometry.arm=sdfgrid", "geometry.sdf_grid_resolution=40"],
 }
 
 
@@ -45,8 +56,8 @@ def _points(n: int, radius: float = 0.9, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("enc", [TINY_MLP, TINY_SDFGRID], ids=["mlp", "sdfgrid"])
-def test_shapes_and_parameter_counts(enc: EncodingConfig):
-    field = NeuralSDF(enc, TINY_FIELD, n_images=3)
+def test_shapes_and_parameter_counts(enc: GeometryConfig):
+    field = field_of(enc, n_images=3)
     x = _points(10).float().detach()
     sdf, feature, grad = field.sdf_feature_gradient(x, create_graph=False)
     assert sdf.shape == (10,) and grad.shape == (10, 3) and feature.shape == (10, field.sdf_net.feature_dim)
@@ -54,7 +65,7 @@ def test_shapes_and_parameter_counts(enc: EncodingConfig):
     assert rgb.shape == (10, 3)
     counts = field.parameter_counts()
     assert counts["geometry"] + counts["color"] == counts["total"] == sum(p.numel() for p in field.parameters())
-    if enc.type == "sdfgrid":
+    if enc.arm == "sdfgrid":
         assert counts["encoding"] == counts["geometry"] == 6**3  # the SDF table is the whole geometry
     else:
         assert counts["encoding"] == 0
@@ -64,22 +75,22 @@ def test_shapes_and_parameter_counts(enc: EncodingConfig):
 
 
 def test_sdfgrid_matches_the_hash_grid_budget_by_default():
-    net = SDFGridNetwork(EncodingConfig(type="sdfgrid"), FieldConfig())
-    hash_count = NeuralSDF(EncodingConfig(), FieldConfig(), 1).parameter_counts()["encoding"]
+    net = SDFGridNetwork(GeometryConfig(arm="sdfgrid"), EncodingConfig())
+    hash_count = NeuralSDF(GeometryConfig(), EncodingConfig(), ColorConfig(), 1).parameter_counts()["encoding"]
     assert net.resolution == 230 and abs(net.resolution**3 - hash_count) < 3 * net.resolution**2
 
 
 def test_mlp_arm_is_monosdf_sized_by_default():
-    net = NeuralSDF(EncodingConfig(type="mlp"), FieldConfig(), 1).sdf_net
+    net = NeuralSDF(GeometryConfig(arm="mlp"), EncodingConfig(), ColorConfig(), 1).sdf_net
     assert isinstance(net, SDFNetwork) and net.encoding is None
     assert len(net.layers) == 9 and net.skip_layer == 4
     assert net.layers[3].weight.shape[0] == 256 - 39 and net.layers[4].weight.shape[1] == 256
 
 
 @pytest.mark.parametrize("enc", [TINY_MLP, TINY_SDFGRID], ids=["mlp", "sdfgrid"])
-def test_sdf_gradcheck_and_gradgradcheck(enc: EncodingConfig, one_thread):
+def test_sdf_gradcheck_and_gradgradcheck(enc: GeometryConfig, one_thread):
     torch.manual_seed(0)
-    field = NeuralSDF(enc, TINY_FIELD, n_images=1).double()
+    field = field_of(enc).double()
     with torch.no_grad():  # move every parameter off its initialisation (zeroed PE weights, sphere table)
         for p in field.sdf_net.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -90,7 +101,7 @@ def test_sdf_gradcheck_and_gradgradcheck(enc: EncodingConfig, one_thread):
 
 def test_sdfgrid_table_gradient_through_the_eikonal_term(one_thread):
     torch.manual_seed(0)
-    field = NeuralSDF(TINY_SDFGRID, TINY_FIELD, n_images=1).double()
+    field = field_of(TINY_SDFGRID).double()
     table = field.sdf_net.encoding.params.detach().clone() + torch.randn(6**3, dtype=torch.float64)
     table.requires_grad_(True)
 
@@ -104,8 +115,8 @@ def test_sdfgrid_table_gradient_through_the_eikonal_term(one_thread):
 
 @pytest.mark.parametrize("inside_outside", [False, True])
 def test_sdfgrid_starts_as_the_sphere_at_its_vertices(inside_outside: bool):
-    cfg = FieldConfig(sphere_radius=0.55, inside_outside=inside_outside)
-    net = SDFGridNetwork(EncodingConfig(type="sdfgrid", sdf_resolution=12), cfg, scene_radius=1.5).double()
+    cfg = GeometryConfig(arm="sdfgrid", sdf_grid_resolution=12, sphere_radius=0.55, inside_outside=inside_outside)
+    net = SDFGridNetwork(cfg, EncodingConfig(), scene_radius=1.5).double()
     vertices = net.vertex_positions()
     inside = (vertices.abs() <= 1.5).all(dim=-1)  # the outermost vertices lie half a cell beyond the box
     assert int(inside.sum()) == 10**3
@@ -121,8 +132,9 @@ def test_sdfgrid_starts_as_the_sphere_at_its_vertices(inside_outside: bool):
 @pytest.mark.parametrize("inside_outside", [False, True])
 def test_mlp_arm_starts_as_a_sphere(inside_outside: bool):
     torch.manual_seed(0)
-    enc = EncodingConfig(type="mlp", mlp_hidden_dim=64, mlp_n_hidden_layers=4, mlp_skip_layer=2)
-    field = NeuralSDF(enc, FieldConfig(sphere_radius=0.6, inside_outside=inside_outside), n_images=1)
+    enc = GeometryConfig(arm="mlp", mlp_arm_hidden_dim=64, mlp_arm_n_hidden_layers=4, mlp_arm_skip_layer=2,
+                         sphere_radius=0.6, inside_outside=inside_outside)
+    field = NeuralSDF(enc, EncodingConfig(), ColorConfig(), n_images=1)
     x = torch.randn(512, 3)
     x = x / x.norm(dim=-1, keepdim=True) * torch.rand(512, 1) * 0.95
     sdf, _, grad = field.sdf_feature_gradient(x, create_graph=False)
@@ -133,27 +145,28 @@ def test_mlp_arm_starts_as_a_sphere(inside_outside: bool):
 
 
 def test_parameter_groups_and_optimiser():
-    mlp = NeuralSDF(TINY_MLP, TINY_FIELD, n_images=1)
+    mlp = field_of(TINY_MLP)
     assert mlp.grid_parameters() == [] and len(mlp.network_parameters()) == len(list(mlp.parameters()))
-    grid = NeuralSDF(TINY_SDFGRID, TINY_FIELD, n_images=1)
+    grid = field_of(TINY_SDFGRID)
     assert [p.numel() for p in grid.grid_parameters()] == [6**3]
     assert {id(p) for p in grid.network_parameters()} == {id(p) for p in grid.color_net.parameters()}
     cfg = load_config(None, ["train.lr=0.001", "train.grid_lr_factor=10"])
-    assert [g["lr"] for g in make_optimizer(mlp, Density(cfg.render), cfg).param_groups] == [0.001]
-    assert [g["lr"] for g in make_optimizer(grid, Density(cfg.render), cfg).param_groups] == [0.001, 0.01]
+    for field, rates in ((mlp, [0.001]), (grid, [0.001, 0.01])):
+        optimizer = make_optimizer(field, cfg.train, list(make_density(cfg.render).parameters()))
+        assert [g["lr"] for g in optimizer.param_groups] == rates
 
 
 @pytest.mark.parametrize(
     "enc, problem",
     [
-        (EncodingConfig(type="mlp", mlp_skip_layer=8), "encoding.mlp_skip_layer"),
-        (EncodingConfig(type="mlp", mlp_hidden_dim=32), "encoding.mlp_hidden_dim"),
-        (EncodingConfig(type="sdfgrid", sdf_resolution=3), "encoding.sdf_resolution"),
+        (GeometryConfig(arm="mlp", mlp_arm_skip_layer=8), "geometry.mlp_arm_skip_layer"),
+        (GeometryConfig(arm="mlp", mlp_arm_hidden_dim=32), "geometry.mlp_arm_hidden_dim"),
+        (GeometryConfig(arm="sdfgrid", sdf_grid_resolution=3), "geometry.sdf_grid_resolution"),
     ],
 )
-def test_bad_arm_sizes_are_input_errors(enc: EncodingConfig, problem: str):
+def test_bad_arm_sizes_are_input_errors(enc: GeometryConfig, problem: str):
     with pytest.raises(InputError, match=problem):
-        NeuralSDF(enc, FieldConfig(), n_images=1)
+        NeuralSDF(enc, EncodingConfig(), ColorConfig(), n_images=1)
 
 
 @pytest.mark.parametrize("arm", ["mlp", "sdfgrid"])
@@ -166,10 +179,10 @@ def test_short_fit_lowers_the_loss_then_resumes_and_extracts(arm: str, tiny_scen
     assert len(losses) == 4 and losses[-1] < 0.85 * losses[0], losses
     meta = json.loads((run / "meta.json").read_text())
     model = load_model(run)
-    assert meta["encoding"] == arm and meta["n_params_total"] == model.field.parameter_counts()["total"]
+    assert meta["arm"] == arm and meta["n_params_total"] == model.field.parameter_counts()["total"]
     assert meta["n_params_encoding"] == (40**3 if arm == "sdfgrid" else 0)
     assert main(["fit", str(tiny_scene_dir), "--out", str(run), "--iters", str(iters + 1), "--quiet",
-                 "--encoding", arm]) == 0
+                 "--arm", arm]) == 0
     assert load_model(run).meta["n_images"] == 8 and len((run / "metrics.jsonl").read_text().splitlines()) == 5
     mesh = tmp_path / "mesh.ply"
     assert main(["extract", str(run), "--resolution", "40", "-o", str(mesh)]) == 0

@@ -30,7 +30,7 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 @pytest.fixture(scope="module")
 def fitted_run(tiny_scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "run"
-    result = recon("fit", tiny_scene_dir, "--encoding", "hashgrid", "--out", run, "--iters", "6", "--quiet", *FAST_FIT)
+    result = recon("fit", tiny_scene_dir, "--arm", "hashgrid", "--out", run, "--iters", "6", "--quiet", *FAST_FIT)
     assert result.returncode == 0, result.stderr
     return run
 
@@ -47,7 +47,7 @@ def test_fit_writes_a_complete_run_directory(fitted_run: Path):
 def test_rerunning_fit_resumes(fitted_run: Path, tiny_scene_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(fitted_run, run)
-    result = recon("fit", tiny_scene_dir, "--encoding", "hashgrid", "--out", run, "--iters", "12", "--quiet", *FAST_FIT)
+    result = recon("fit", tiny_scene_dir, "--arm", "hashgrid", "--out", run, "--iters", "12", "--quiet", *FAST_FIT)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [6, 10, 12]
@@ -55,7 +55,7 @@ def test_rerunning_fit_resumes(fitted_run: Path, tiny_scene_dir: Path, tmp_path:
 
 
 def test_resume_refuses_another_encoding(fitted_run: Path, tiny_scene_dir: Path):
-    result = recon("fit", tiny_scene_dir, "--encoding", "densegrid", "--out", fitted_run, "--iters", "8", *FAST_FIT)
+    result = recon("fit", tiny_scene_dir, "--arm", "densegrid", "--out", fitted_run, "--iters", "8", *FAST_FIT)
     assert_clean_error(result, "checkpoint.pt", "hashgrid")
 
 

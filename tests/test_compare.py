@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FAST_FIT
 from recon.cli import main
-from recon.compare import RESULT, CompareSpec, load_results, mean_std, parse_encodings, preset_path, run_compare, summarise
+from recon.compare import CompareSpec, load_results, mean_std, parse_arms, preset_path, run_compare, summarise
 from recon.errors import InputError
 from recon.report import build_report
 
@@ -17,7 +17,7 @@ ITERS = ["train.iters=6", "train.ckpt_every=3"]
 
 
 def _spec(scene: Path, out: Path, **kw) -> CompareSpec:
-    args = dict(encodings=("hashgrid", "densegrid"), seeds=1, resolution=24, overrides=tuple(FAST_FIT + ITERS),
+    args = dict(arms=("hashgrid", "densegrid"), seeds=1, resolution=24, overrides=tuple(FAST_FIT + ITERS),
                 n_points=5_000)
     args.update(kw)
     return CompareSpec(scene, out, **args)
@@ -32,11 +32,11 @@ def compared(tiny_scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_every_arm_is_fitted_alike_and_evaluated(compared: Path) -> None:
     settings, results = load_results(compared)
-    assert [r["encoding"] for r in results] == ["hashgrid", "densegrid"]
+    assert [r["arm"] for r in results] == ["hashgrid", "densegrid"]
     for r in results:
-        arm = compared / r["encoding"] / "seed0"
+        arm = compared / r["arm"] / "seed0"
         cfg = json.loads((arm / "meta.json").read_text())
-        assert cfg["encoding"] == r["encoding"] and r["n_params_encoding"] == cfg["n_params_encoding"] > 0
+        assert cfg["arm"] == r["arm"] and r["n_params_encoding"] == cfg["n_params_encoding"] > 0
         assert (arm / "mesh.ply").is_file() and r["fit_seconds"] > 0
         m = r["metrics"]
         assert 0 < m["chamfer_l1"] < float("inf") and 0 <= m["fscore@0.01"] <= 1
@@ -49,8 +49,8 @@ def test_every_arm_is_fitted_alike_and_evaluated(compared: Path) -> None:
 
 
 def test_rerun_redoes_only_unfinished_arms(compared: Path, tiny_scene_dir: Path, capsys) -> None:
-    done = compared / "hashgrid" / "seed0" / RESULT
-    redo = compared / "densegrid" / "seed0" / RESULT
+    done = compared / "hashgrid" / "seed0" / "result.json"
+    redo = compared / "densegrid" / "seed0" / "result.json"
     before = done.stat().st_mtime_ns
     redo.unlink()
     capsys.readouterr()
@@ -76,28 +76,28 @@ def test_mean_std_and_summary() -> None:
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
     assert mean_std([5.0]) == (5.0, 0.0)
     assert mean_std([None, float("inf")]) is None
-    results = [{"encoding": "a", "fit_seconds": 1.0, "metrics": {"chamfer_l1": 0.1}},
-               {"encoding": "a", "fit_seconds": 3.0, "metrics": {"chamfer_l1": 0.3}},
-               {"encoding": "b", "fit_seconds": 2.0, "metrics": None}]
+    results = [{"arm": "a", "fit_seconds": 1.0, "metrics": {"chamfer_l1": 0.1}},
+               {"arm": "a", "fit_seconds": 3.0, "metrics": {"chamfer_l1": 0.3}},
+               {"arm": "b", "fit_seconds": 2.0, "metrics": None}]
     s = summarise(results, ["fit_seconds", "chamfer_l1"])
     assert s["a"]["chamfer_l1"] == (pytest.approx(0.2), pytest.approx(0.02**0.5))
     assert s["b"] == {"fit_seconds": (2.0, 0.0), "chamfer_l1": None}
 
 
 def test_arms_and_presets_are_checked() -> None:
-    assert parse_encodings("hashgrid, densegrid,mlp,sdfgrid") == ("hashgrid", "densegrid", "mlp", "sdfgrid")
-    with pytest.raises(InputError, match="unknown encoding"):
-        parse_encodings("hashgrid,octree")
+    assert parse_arms("hashgrid, densegrid,mlp,sdfgrid") == ("hashgrid", "densegrid", "mlp", "sdfgrid")
+    with pytest.raises(InputError, match="unknown arm"):
+        parse_arms("hashgrid,octree")
     with pytest.raises(InputError, match="twice"):
-        parse_encodings("mlp,mlp")
+        parse_arms("mlp,mlp")
     assert preset_path("quick").is_file()
     with pytest.raises(InputError, match="unknown preset"):
         preset_path("nope")
 
 
 def test_cli_bad_input_exits_2(tiny_scene_dir: Path, tmp_path: Path, capsys) -> None:
-    assert main(["compare", str(tiny_scene_dir), "--out", str(tmp_path / "c"), "--encodings", "voxels"]) == 2
-    assert "--encodings" in capsys.readouterr().err
+    assert main(["compare", str(tiny_scene_dir), "--out", str(tmp_path / "c"), "--arms", "voxels"]) == 2
+    assert "--arms" in capsys.readouterr().err
     assert main(["compare", str(tiny_scene_dir), "--out", str(tmp_path / "c"), "--preset", "nope"]) == 2
     assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
     assert not (tmp_path / "c").exists()

@@ -20,13 +20,16 @@ from recon.losses import depth_scale_shift, normal_cue, ssi_depth
 from recon.rays import RaySource
 from recon.render.background import (
     FAR_RATIO,
-    BackgroundField,
+    ConstantBackground,
+    NerfPlusPlusBackground,
     background_start,
     background_t,
     inverted_sphere,
+    make_background,
 )
-from recon.render.renderer import Density, render_rays
-from recon.train import Fitter, fit, make_background
+from recon.render.density import Density, make_density
+from recon.render.renderer import render_rays
+from recon.train import Fitter, fit
 
 # ---------------------------------------------------------------- depth
 
@@ -128,7 +131,7 @@ def test_cue_losses_change_the_gradient(tiny_scene_dir: Path, tmp_path: Path):
         fitter.generator.manual_seed(2)
         out = render_rays(fitter.field, fitter.density, batch.origins, batch.dirs, fitter.cfg.render,
                           fitter.background, True, batch.image_index, torch.Generator().manual_seed(3))
-        fitter.losses(batch, out).total.backward()
+        fitter.objective(fitter.field, batch, out, fitter.generator).total.backward()
         grads.append(torch.cat([p.grad.flatten() for p in fitter.field.network_parameters() if p.grad is not None]))
     assert not torch.allclose(grads[0], grads[1])
 
@@ -174,8 +177,7 @@ def test_background_starts_at_the_far_bound_or_the_closest_approach():
 
 
 def test_background_render_is_hand_computable(monkeypatch: pytest.MonkeyPatch):
-    cfg = load_config(None, ["render.n_background=2"]).render
-    model = BackgroundField(16, 1.0)
+    model = NerfPlusPlusBackground(16, 1.0, n_samples=2)
     # two samples: density 0.5 then anything; the last interval is infinite (every ray ends opaque)
     monkeypatch.setattr(
         model, "forward",
@@ -184,16 +186,15 @@ def test_background_render_is_hand_computable(monkeypatch: pytest.MonkeyPatch):
     start = torch.tensor([2.0])
     t = background_t(start, 2, perturb=False)[0]
     alpha = 1.0 - math.exp(-0.5 * float(t[1] - t[0]))
-    rgb = model.render(torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]), start, cfg, training=False)
+    rgb = model.render_beyond(torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]), start, training=False)
     torch.testing.assert_close(rgb[0], torch.tensor([alpha, 0.0, 1.0 - alpha]))
 
 
 def test_background_field_shapes_and_gradients():
-    cfg = load_config(None, ["render.n_background=8"]).render
-    model = BackgroundField(32, 1.0)
+    model = NerfPlusPlusBackground(32, 1.0, n_samples=8)
     origins = torch.randn(10, 3) * 3
     dirs = torch.nn.functional.normalize(torch.randn(10, 3), dim=-1)
-    rgb = model.render(origins, dirs, torch.full((10,), 1.5), cfg, training=True, generator=torch.Generator())
+    rgb = model.render_beyond(origins, dirs, torch.full((10,), 1.5), training=True, generator=torch.Generator())
     assert rgb.shape == (10, 3) and bool(((rgb > 0) & (rgb < 1)).all())
     rgb.sum().backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
@@ -202,20 +203,20 @@ def test_background_field_shapes_and_gradients():
 def _tiny_field() -> tuple[NeuralSDF, Density, object]:
     cfg = load_config(None, FAST_FIT + ["render.background=nerf++", "render.n_background=8"])
     torch.manual_seed(0)
-    field = NeuralSDF(cfg.encoding, cfg.field, 1, cfg.render.scene_radius, torch.device("cpu"))
-    return field, Density(cfg.render), cfg
+    field = NeuralSDF(cfg.geometry, cfg.encoding, cfg.color, 1, cfg.render.scene_radius, torch.device("cpu"))
+    return field, make_density(cfg.render), cfg
 
 
 def test_the_background_model_fills_what_the_foreground_leaves():
     field, density, cfg = _tiny_field()
-    model = BackgroundField(cfg.render.background_hidden_dim, cfg.render.scene_radius)
+    model = NerfPlusPlusBackground(cfg.render.background_hidden_dim, cfg.render.scene_radius, cfg.render.n_background)
     origins = torch.tensor([[0.0, 0.0, -3.0], [0.0, 2.0, -3.0], [0.0, 0.2, -3.0]])
     dirs = torch.tensor([[0.0, 0.0, 1.0]] * 3)  # ray 1 misses the unit sphere
-    black = render_rays(field, density, origins, dirs, cfg.render, torch.zeros(3), training=False)
+    black = render_rays(field, density, origins, dirs, cfg.render, ConstantBackground([0.0, 0.0, 0.0]), training=False)
     modelled = render_rays(field, density, origins, dirs, cfg.render, model, training=False)
     far = torch.tensor([4.0, 0.0, 3.0 + math.sqrt(1 - 0.04)])
     start = background_start(origins, dirs, far, torch.tensor([True, False, True]))
-    behind = model.render(origins, dirs, start, cfg.render, training=False)
+    behind = model.render_beyond(origins, dirs, start, training=False)
     assert float(black.opacity[1].detach()) == 0.0
     torch.testing.assert_close(modelled.rgb[1], behind[1])  # a miss takes the background's colour
     torch.testing.assert_close(modelled.rgb, black.rgb + (1.0 - black.opacity[:, None]) * behind)
@@ -225,15 +226,15 @@ def test_the_background_model_fills_what_the_foreground_leaves():
 def test_auto_background_chooses_the_model_for_unmasked_cluttered_scenes(tiny_scene_dir: Path):
     cfg = load_config(None, [])
     scene = load_scene(tiny_scene_dir)
-    assert isinstance(make_background(scene, cfg, torch.device("cpu")), torch.Tensor)  # masks, uniform border
+    assert isinstance(make_background(scene, cfg.render), ConstantBackground)  # masks, uniform border
     cluttered = Scene(
         images=np.random.default_rng(0).integers(0, 256, scene.images.shape, dtype=np.uint8),
         intrinsics=scene.intrinsics, cam_to_world=scene.cam_to_world, scale_mat=scene.scale_mat,
     )
-    assert isinstance(make_background(cluttered, cfg, torch.device("cpu")), BackgroundField)
+    assert isinstance(make_background(cluttered, cfg.render), NerfPlusPlusBackground)
     cluttered.masks = scene.masks
-    colour = make_background(cluttered, cfg, torch.device("cpu"))
-    assert isinstance(colour, torch.Tensor) and colour.tolist() == [0.0, 0.0, 0.0]
+    colour = make_background(cluttered, cfg.render)
+    assert isinstance(colour, ConstantBackground) and colour.describe() == [0.0, 0.0, 0.0]
 
 
 def test_the_background_model_trains_and_resumes(tiny_scene_dir: Path, tmp_path: Path):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recon.config import EncodingConfig, FieldConfig
+from recon.config import ColorConfig, EncodingConfig, GeometryConfig
 from recon.fields import NeuralSDF, positional_encoding, positional_encoding_dim
 
 SMALL_GRID = EncodingConfig(n_levels=4, log2_hashmap_size=12, base_resolution=4, finest_resolution=32)
@@ -25,8 +25,9 @@ def test_positional_encoding_by_hand():
 @pytest.mark.parametrize("inside_outside", [False, True])
 def test_sphere_initialisation(encoding_type, inside_outside):
     torch.manual_seed(0)
-    enc = EncodingConfig(**{**SMALL_GRID.__dict__, "type": encoding_type, "dense_resolution": 16})
-    field = NeuralSDF(enc, FieldConfig(sphere_radius=0.6, inside_outside=inside_outside), n_images=3)
+    enc = EncodingConfig(**{**SMALL_GRID.__dict__, "dense_resolution": 16})
+    geometry = GeometryConfig(arm=encoding_type, sphere_radius=0.6, inside_outside=inside_outside)
+    field = NeuralSDF(geometry, enc, ColorConfig(), n_images=3)
     x = torch.randn(512, 3)
     x = x / x.norm(dim=-1, keepdim=True) * torch.rand(512, 1) * 0.95
     sdf, _, grad = field.sdf_feature_gradient(x, create_graph=False)
@@ -41,7 +42,7 @@ def test_sphere_initialisation(encoding_type, inside_outside):
 
 def test_gradient_is_twice_differentiable():
     torch.manual_seed(0)
-    field = NeuralSDF(SMALL_GRID, FieldConfig(hidden_dim=16, feature_dim=8, color_hidden_dim=16), n_images=2)
+    field = NeuralSDF(GeometryConfig(hidden_dim=16, feature_dim=8), SMALL_GRID, ColorConfig(hidden_dim=16), n_images=2)
     with torch.no_grad():  # the grid's first-layer weights start at zero: wake them up
         field.sdf_net.layers[0].parametrizations.weight.original1[:, -field.sdf_net.encoding.out_dim :] = 0.1
     x = torch.rand(64, 3) - 0.5
@@ -55,14 +56,14 @@ def test_gradient_is_twice_differentiable():
 
 
 def test_colour_in_unit_range_and_appearance_codes():
-    field = NeuralSDF(SMALL_GRID, FieldConfig(appearance_dim=4, feature_dim=8), n_images=5)
+    field = NeuralSDF(GeometryConfig(feature_dim=8), SMALL_GRID, ColorConfig(appearance_dim=4), n_images=5)
     n = 10
     rgb = field.color_net(torch.rand(n, 3), torch.randn(n, 3), torch.randn(n, 3), torch.randn(n, 8), torch.arange(n) % 5)
     assert rgb.shape == (n, 3) and (rgb > 0).all() and (rgb < 1).all()
 
 
 def test_parameter_groups_split_grid_from_networks():
-    field = NeuralSDF(SMALL_GRID, FieldConfig(), n_images=1)
+    field = NeuralSDF(GeometryConfig(), SMALL_GRID, ColorConfig(), n_images=1)
     grid_ids = {id(p) for p in field.grid_parameters()}
     net_ids = {id(p) for p in field.network_parameters()}
     assert grid_ids and net_ids and not grid_ids & net_ids

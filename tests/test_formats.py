@@ -124,7 +124,7 @@ def test_nerf_synthetic_round_trip(tiny: Scene, blender_dir: Path, tiny_scene_di
     np.testing.assert_array_equal(scene.masks, tiny.masks)
     white = np.where(tiny.masks[..., None], tiny.images, 255)
     np.testing.assert_array_equal(scene.images, white)
-    black = load_scene(blender_dir, background="black").images
+    black = load_scene(blender_dir, rgba_background="black").images
     np.testing.assert_array_equal(black, np.where(tiny.masks[..., None], tiny.images, 0))
     np.testing.assert_allclose(scene.cam_to_world[:, :3, :3], tiny.cam_to_world[:, :3, :3], atol=1e-6)
     np.testing.assert_allclose(_world_centres(scene), tiny.cam_to_world[:, :3, 3], atol=1e-9)

@@ -15,9 +15,12 @@ from recon.cli import main
 from recon.config import Config
 from recon.datasets import load_scene
 from recon.errors import InputError
+from recon.holdout import holdout_scores, split_holdout
 from recon.rays import RaySource, pixel_rays
+from recon.render.background import ConstantBackground
+from recon.render.image import RenderedImage, render_image
 from recon.render.renderer import render_rays
-from recon.train import build_model, holdout_scores, render_image, split_holdout
+from recon.run import build_model
 
 
 def test_split_keeps_every_kth_view_out(tiny_scene_dir: Path):
@@ -40,17 +43,20 @@ def test_holdout_scores_hand_computed():
     rgb[1, 1] = 0.5  # outside the mask
     mask = np.array([[1.0, 1.0], [0.0, 0.0]], dtype=np.float32)
     opacity = np.array([[0.9, 0.2], [0.7, 0.1]], dtype=np.float32)  # opaque: (0,0), (1,0)
-    scores = holdout_scores({"rgb": rgb, "target": target, "mask": mask, "opacity": opacity})
-    assert scores["psnr"] == pytest.approx(-10 * math.log10(0.005), rel=1e-5)
-    assert scores["psnr_full"] == pytest.approx(-10 * math.log10((0.01 * 3 + 0.25 * 3) / 12), rel=1e-5)
-    assert scores["mask_iou"] == pytest.approx(1 / 3)  # intersection {(0,0)}, union {(0,0), (0,1), (1,0)}
-    assert holdout_scores({"rgb": rgb, "target": target, "opacity": opacity}).keys() == {"psnr"}
+    def image(mask: np.ndarray | None) -> RenderedImage:
+        return RenderedImage(rgb, target, np.zeros_like(rgb), np.zeros_like(opacity), opacity, mask, 0.0)
+
+    scores = holdout_scores(image(mask))
+    assert scores.psnr == pytest.approx(-10 * math.log10(0.005), rel=1e-5)
+    assert scores.psnr_full == pytest.approx(-10 * math.log10((0.01 * 3 + 0.25 * 3) / 12), rel=1e-5)
+    assert scores.mask_iou == pytest.approx(1 / 3)  # intersection {(0,0)}, union {(0,0), (0,1), (1,0)}
+    assert holdout_scores(image(None)).as_dict().keys() == {"psnr"}
 
 
 def test_fit_with_holdout_reports_psnr_and_mask_iou(tiny_scene_dir: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     overrides = FAST_FIT + ["train.val_every=2", "train.batch_rays=64", "train.val_max_side=16"]
-    overrides.append("field.appearance_dim=4")  # held-out views render without an appearance code
+    overrides.append("color.appearance_dim=4")  # held-out views render without an appearance code
     args = ["fit", str(tiny_scene_dir), "--out", str(run), "--iters", "4", "--holdout", "4", "--quiet"]
     assert main(args + overrides) == 0
     printed = capsys.readouterr().out
@@ -78,21 +84,22 @@ def test_supersampled_pixel_is_the_mean_of_rays_spread_over_its_block(tiny_scene
     torch.manual_seed(0)
     field, density = build_model(cfg, 8, torch.device("cpu"))
     rays = RaySource(load_scene(tiny_scene_dir), torch.device("cpu"))
-    background = torch.tensor([1.0, 1.0, 1.0])
-    rendered = render_image(field, density, rays, 3, cfg, background, supersample=2)
-    assert rendered["rgb"].shape == (8, 8, 3)
+    background = ConstantBackground([1.0, 1.0, 1.0])
+    rendered = render_image(field, density, background, rays, 3, cfg.render, cfg.train.val_max_side, supersample=2)
+    assert rendered.rgb.shape == (8, 8, 3)
     row, col = 4, 3
     v, u = (torch.tensor([4 * row + a for a in (0.5, 0.5, 2.5, 2.5)]), torch.tensor([4 * col + a for a in (0.5, 2.5)] * 2))
     index = torch.full((4,), 3)
     origins, dirs, z_scale = pixel_rays(rays.intrinsics_inv[index], rays.cam_to_world[index], u, v)
     with torch.no_grad():
         out = render_rays(field, density, origins, dirs, cfg.render, background, False, index)
-    np.testing.assert_allclose(rendered["rgb"][row, col], out.rgb.mean(0).numpy(), atol=1e-5)
-    np.testing.assert_allclose(rendered["opacity"][row, col], out.opacity.mean().item(), atol=1e-5)
+    np.testing.assert_allclose(rendered.rgb[row, col], out.rgb.mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(rendered.opacity[row, col], out.opacity.mean().item(), atol=1e-5)
     depth = (out.depth * z_scale).mean() / out.opacity.mean().clamp_min(1e-6)
-    assert rendered["depth"][row, col] == pytest.approx(depth.item(), rel=1e-4)
-    composited = torch.where(rays.masks[3, 16:20, 12:16, None], rays.images[3, 16:20, 12:16].float() / 255.0, background)
-    np.testing.assert_allclose(rendered["target"][row, col], composited.mean((0, 1)).numpy(), atol=1e-6)
+    assert rendered.depth[row, col] == pytest.approx(depth.item(), rel=1e-4)
+    colour = background.matte()
+    composited = torch.where(rays.masks[3, 16:20, 12:16, None], rays.images[3, 16:20, 12:16].float() / 255.0, colour)
+    np.testing.assert_allclose(rendered.target[row, col], composited.mean((0, 1)).numpy(), atol=1e-6)
 
 
 def test_a_format_split_trains_on_train_and_holds_out_val(tiny_scene_dir: Path):

@@ -15,7 +15,11 @@ from recon.datasets import load_scene
 from recon.encodings.grid import hash_grid_levels
 from recon.errors import InputError
 from recon.render.occupancy import LIPSCHITZ, OccupancyGrid, density_margin, make_occupancy_grid
-from recon.render.renderer import Density, render_rays
+from recon.fields import CoarseToFine
+from recon.objective import BEHIND_SAMPLES
+from recon.render.background import ConstantBackground
+from recon.render.density import make_density
+from recon.render.renderer import render_rays
 from recon.render.samplers import (
     RaySegments,
     _coarse_count,
@@ -23,7 +27,7 @@ from recon.render.samplers import (
     ray_sphere_near_far,
     surface_guided_sample,
 )
-from recon.train import BEHIND_SAMPLES, Fitter
+from recon.train import Fitter
 
 RADIUS = 0.5
 
@@ -171,11 +175,11 @@ class SphereField(torch.nn.Module):
 @pytest.mark.parametrize("sampler", ["surface_guided", "error_bounded"])
 def test_render_with_the_grid_matches_the_render_without(sampler: str):
     cfg = RenderConfig(sampler=sampler, beta_init=0.01)
-    field, density = SphereField(), Density(cfg)
+    field, density = SphereField(), make_density(cfg)
     grid = OccupancyGrid(64)
     grid.update(field.sdf, 0.01)
     o, d = rays(512, seed=3)
-    background = torch.tensor([1.0, 1.0, 1.0])
+    background = ConstantBackground([1.0, 1.0, 1.0])
     plain = render_rays(field, density, o, d, cfg, background, training=False)
     skipped = render_rays(field, density, o, d, cfg, background, training=False, occupancy=grid)
     assert skipped.hit.sum() < plain.hit.sum()  # rays that pass beside the sphere are not rendered
@@ -194,7 +198,7 @@ def test_checkpoint_round_trip_and_exact_resume(tiny_scene_dir: Path, tmp_path: 
         first.train_step()
     assert first.occupancy is not None and first.occupancy.occupied_fraction() < 1.0
     first.save_checkpoint()
-    state = torch.load(first.files.checkpoint, weights_only=False)
+    state = torch.load(first.run.checkpoint, weights_only=False)
     second = Fitter(scene, tmp_path / "b", cfg, tiny_scene_dir)
     second.restore(state)
     assert torch.equal(second.occupancy.occupied, first.occupancy.occupied)
@@ -219,7 +223,7 @@ def test_finite_difference_gradient_matches_the_analytic_one():
     from recon.fields import NeuralSDF
 
     cfg = load_config(None, FAST_FIT)
-    field = NeuralSDF(cfg.encoding, cfg.field, 1)
+    field = NeuralSDF(cfg.geometry, cfg.encoding, cfg.color, 1)
     with torch.no_grad():
         for p in field.sdf_net.encoding.parameters():
             p.uniform_(-0.05, 0.05)
@@ -236,11 +240,14 @@ def test_finite_difference_gradient_matches_the_analytic_one():
 
 
 def test_coarse_to_fine_masks_the_fine_levels_and_numerical_steps_shrink(tiny_scene_dir: Path, tmp_path: Path):
-    from recon.train import active_levels
-
-    overrides = FAST_FIT + ["train.iters=4", "train.c2f_start_levels=2", "train.c2f_every=2", "train.numerical_gradient=true",
+    overrides = FAST_FIT + ["train.iters=4", "encoding.c2f_start_levels=2", "encoding.c2f_every=2", "geometry.numerical_gradient=true",
                             "render.occupancy_resolution=8", "train.batch_rays=64"]
     cfg = load_config(None, overrides)
+    schedule = CoarseToFine(cfg.encoding.c2f_start_levels, cfg.encoding.c2f_every)
+
+    def active_levels(step: int, cfg) -> int:
+        return schedule.active_levels(step, cfg.encoding.n_levels)
+
     assert [active_levels(step, cfg) for step in (0, 1, 2, 5, 100)] == [2, 2, 3, 4, 6]
     fitter = Fitter(load_scene(tiny_scene_dir), tmp_path / "run", cfg, tiny_scene_dir)
     steps = []
@@ -284,10 +291,10 @@ def test_eikonal_points_behind_the_surface_only_with_the_grid(tiny_scene_dir: Pa
     opaque[::2] = True
     near, far, _ = ray_sphere_near_far(batch.origins[opaque], batch.dirs[opaque])
     hit = near + 0.3 * (far - near)  # a surface inside the sphere
-    points = fitter._behind_surface(batch, opaque, hit).reshape(32, BEHIND_SAMPLES, 3)
+    points = fitter.objective.behind_surface(batch, opaque, hit, fitter.generator).reshape(32, BEHIND_SAMPLES, 3)
     offsets = points - batch.origins[opaque][:, None, :]
     t = (offsets * batch.dirs[opaque][:, None, :]).sum(-1)
     torch.testing.assert_close(offsets, t[..., None] * batch.dirs[opaque][:, None, :], atol=1e-5, rtol=0)  # on the rays
     assert (t >= hit[:, None] - 1e-5).all() and (t <= far[:, None] + 1e-5).all()
     plain = Fitter(scene, tmp_path / "b", load_config(None, FAST_FIT + ["render.occupancy_resolution=0"]), tiny_scene_dir)
-    assert plain._behind_surface(batch, opaque, hit).shape == (0, 3)
+    assert plain.objective.behind_surface(batch, opaque, hit, plain.generator).shape == (0, 3)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from recon.compare import FSCORE_THRESHOLDS, MESH, RESULT, SETTINGS
+from recon.compare import FSCORE_THRESHOLDS, SETTINGS
 from recon.io import write_json_atomic
 from recon.metrics import mesh_metrics
 from recon.report import build_report, table_rows
@@ -22,29 +22,29 @@ REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "tools" / "screenshot_report.sh"
 
 
-def _fake_arm(out: Path, encoding: str, seed: int, mesh: trimesh.Trimesh, gt: trimesh.Trimesh) -> None:
+def _fake_arm(out: Path, arm_name: str, seed: int, mesh: trimesh.Trimesh, gt: trimesh.Trimesh) -> None:
     """A finished arm: a real mesh and its real metrics, a made-up training log."""
-    arm = out / encoding / f"seed{seed}"
+    arm = out / arm_name / f"seed{seed}"
     arm.mkdir(parents=True)
-    mesh.export(arm / MESH)
+    mesh.export(arm / "mesh.ply")
     log = [{"step": s, "elapsed_s": 0.5 * s, "loss": 1.0 / s, "psnr": 10 + 2 * np.log(s)} for s in range(10, 110, 10)]
     (arm / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in log))
     result = {
-        "encoding": encoding, "seed": seed, "settings": {}, "n_params_encoding": 1000 * (1 + seed),
-        "n_params_total": 5000, "mesh": MESH, "mesh_seconds": 1.0, "fit_seconds": 50.0, "train_psnr": 20.0 + seed,
+        "arm": arm_name, "seed": seed, "settings": {}, "n_params_encoding": 1000 * (1 + seed),
+        "n_params_total": 5000, "mesh": "mesh.ply", "mesh_seconds": 1.0, "fit_seconds": 50.0, "train_psnr": 20.0 + seed,
         "metrics": mesh_metrics(mesh, gt, n_points=20_000, thresholds_rel=FSCORE_THRESHOLDS),
     }
-    write_json_atomic(arm / RESULT, result)
+    write_json_atomic(arm / "result.json", result)
 
 
 @pytest.fixture(scope="module")
 def report_dir(tiny_scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A comparison folder with two encodings x two seeds: the GT itself (noisy) and a smoothed copy."""
+    """A comparison folder with two arms x two seeds: the GT itself (noisy) and a smoothed copy."""
     out = tmp_path_factory.mktemp("compare")
     gt = trimesh.load(tiny_scene_dir / "gt_mesh.ply", force="mesh")
     smooth = trimesh.smoothing.filter_laplacian(gt.copy(), iterations=15)
     settings = {"data_dir": str(tiny_scene_dir), "gt_mesh": str(tiny_scene_dir / "gt_mesh.ply"), "up": [0, 0, 1],
-                "resolution": 64, "cull": False, "encodings": ["exact", "smooth"],
+                "resolution": 64, "cull": False, "arms": ["exact", "smooth"],
                 "seeds": 2, "overrides": [], "config": {"train": {"iters": 100, "batch_rays": 256},
                                                          "render": {"sampler": "surface_guided"}}}
     write_json_atomic(out / SETTINGS, settings)
@@ -60,7 +60,7 @@ def test_table_marks_the_best_per_column(report_dir: Path) -> None:
 
     settings, results = load_results(report_dir)
     headings, rows = table_rows(settings, results)
-    assert headings[0] == "encoding" and "Chamfer-L1" in headings and "detail normal cons." in headings
+    assert headings[0] == "arm" and "Chamfer-L1" in headings and "detail normal cons." in headings
     by_enc = {row[0][0]: row for row in rows}
     chamfer = headings.index("Chamfer-L1")
     assert by_enc["exact"][chamfer][1] and not by_enc["smooth"][chamfer][1]

@@ -9,21 +9,22 @@ import torch
 
 from conftest import FAST_FIT
 from recon.config import load_config
-from recon.extract import load_mesh
-from recon.mesh import extract_mesh
+from recon.mesh import extract_mesh, load_mesh
 from recon.metrics import mesh_metrics
-from recon.train import build_model, fit, load_model, lr_factor
+from recon.optim import lr_factor
+from recon.run import build_model, load_model
+from recon.train import fit
 
 import numpy as np
 
 
 def test_lr_schedule_decays_exponentially_to_the_final_factor():
     cfg = load_config(None, ["train.iters=100", "train.lr_final_factor=0.1"])
-    assert lr_factor(0, cfg) == pytest.approx(1.0)
-    assert lr_factor(50, cfg) == pytest.approx(0.1**0.5)
-    assert lr_factor(100, cfg) == pytest.approx(0.1)
+    assert lr_factor(0, cfg.train) == pytest.approx(1.0)
+    assert lr_factor(50, cfg.train) == pytest.approx(0.1**0.5)
+    assert lr_factor(100, cfg.train) == pytest.approx(0.1)
     warm = load_config(None, ["train.iters=100", "train.warmup_iters=10"])
-    assert lr_factor(0, warm) == pytest.approx(0.1)
+    assert lr_factor(0, warm.train) == pytest.approx(0.1)
 
 
 def _chamfer(sdf_fn, scale_mat: np.ndarray, gt) -> float:
@@ -33,7 +34,7 @@ def _chamfer(sdf_fn, scale_mat: np.ndarray, gt) -> float:
 
 @pytest.mark.parametrize("encoding", ["hashgrid", "densegrid"])
 def test_a_short_fit_moves_the_surface_towards_the_ground_truth(encoding: str, small_scene_dir: Path, tmp_path: Path):
-    cfg = load_config(None, FAST_FIT + [f"encoding.type={encoding}", "train.iters=300"])
+    cfg = load_config(None, FAST_FIT + [f"geometry.arm={encoding}", "train.iters=300"])
     gt = load_mesh(small_scene_dir / "gt_mesh.ply")
     torch.manual_seed(cfg.train.seed)
     initial_field, _ = build_model(cfg, 16, torch.device("cpu"))
@@ -51,7 +52,7 @@ def test_a_short_fit_moves_the_surface_towards_the_ground_truth(encoding: str, s
         ["render.density=neus", "render.sampler=surface_guided"],
         ["render.density=neus", "render.sampler=error_bounded", "render.background=white"],
         ["render.background=black", "train.mask_weight=0"],
-        ["encoding.interpolation=smoothstep", "field.appearance_dim=4", "train.warmup_iters=2"],
+        ["encoding.interpolation=smoothstep", "color.appearance_dim=4", "train.warmup_iters=2"],
     ],
     ids=["laplace-error_bounded", "neus-surface_guided", "neus-error_bounded-white", "black-no-mask-loss", "smoothstep-appearance"],
 )
@@ -73,7 +74,7 @@ def _scene_with(images: np.ndarray):
 
 
 def test_background_colour_auto_reads_a_uniform_border():
-    from recon.train import background_colour
+    from recon.render.background import background_colour
 
     images = np.full((2, 8, 8, 3), 255, dtype=np.uint8)
     images[:, 2:6, 2:6] = 30

@@ -19,30 +19,30 @@ __all__ = ["FORMATS", "Scene", "SynthReport", "detect_format", "load_dtu", "load
 log = logging.getLogger(__name__)
 
 
-def load_scene(data_dir: str | Path, fmt: str = "auto", downscale: int = 1, background: str = "white") -> Scene:
+def load_scene(data_dir: str | Path, fmt: str = "auto", downscale: int = 1, rgba_background: str = "white") -> Scene:
     """Load the capture at ``data_dir`` normalised to the unit sphere.
 
     Args:
         fmt: auto (detected), dtu, monosdf, nerf-synthetic or ngp.
         downscale: integer factor; images, masks and cues are area-averaged, intrinsics follow.
-        background: white or black, what RGBA images are composited on.
+        rgba_background: white or black, what RGBA images are composited on.
     """
     root = Path(data_dir)
     if fmt not in ("auto", *FORMATS):
         raise InputError(f"--format {fmt}", f"unknown format (choose auto, {', '.join(FORMATS)})")
     if not isinstance(downscale, int) or downscale < 1:
         raise InputError(f"--downscale {downscale}", "must be a positive integer")
-    if background not in ("white", "black"):
-        raise InputError(f"data.background={background}", "must be white or black")
+    if rgba_background not in ("white", "black"):
+        raise InputError(f"data.rgba_background={rgba_background}", "must be white or black")
     fmt = detect_format(root) if fmt == "auto" else fmt
     if fmt == "dtu":
         scene = load_dtu(root, downscale)
     elif fmt == "monosdf":
         scene = load_monosdf(root, downscale)
     elif fmt == "nerf-synthetic":
-        scene = load_nerf_synthetic(root, downscale, background)
+        scene = load_nerf_synthetic(root, downscale, rgba_background)
     else:
-        scene = load_ngp(root, downscale, background)
+        scene = load_ngp(root, downscale, rgba_background)
     log.info("%s: %s scene, %d views of %dx%d; unit sphere: %s", root, scene.format, scene.n_images,
              scene.width, scene.height, scene.normalization.describe())
     for warning in scene.warnings:  # once each, however many frames they count

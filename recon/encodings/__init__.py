@@ -24,7 +24,7 @@ __all__ = [
 BACKENDS = ("auto", "torch", "tcnn", "fused")
 
 
-def make_encoding(cfg: EncodingConfig, device: torch.device | str) -> nn.Module:
+def make_encoding(cfg: EncodingConfig, kind: str, device: torch.device | str) -> nn.Module:
     """Build the encoding ``cfg`` describes on ``device``.
 
     backend ``torch``: the pure-PyTorch ``GridEncoding``; ``tcnn``: tiny-cuda-nn; ``fused``:
@@ -37,12 +37,12 @@ def make_encoding(cfg: EncodingConfig, device: torch.device | str) -> nn.Module:
         raise ValueError(f"encoding backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     use_tcnn = cfg.backend == "tcnn" or (cfg.backend == "auto" and device.type == "cuda" and tcnn_available())
     if use_tcnn:
-        return TcnnGridEncoding(cfg, device)
+        return TcnnGridEncoding(cfg, device, kind)
     if cfg.backend == "fused" or (cfg.backend == "auto" and device.type == "cpu"):
         if cfg.backend == "fused" and device.type != "cpu":
             raise InputError("encoding.backend", f"'fused' runs on the CPU only, not on {device}")
         if fused.load_extension() is not None:
-            return FusedGridEncoding(cfg)
+            return FusedGridEncoding(cfg, kind)
         if cfg.backend == "fused":
             raise InputError("encoding.backend", f"the fused CPU kernel could not be built ({fused.extension_failure()})")
-    return GridEncoding(cfg).to(device)
+    return GridEncoding(cfg, kind).to(device)

@@ -244,8 +244,8 @@ class FusedGridEncoding(GridEncoding):
     another device or dtype it runs the pure-PyTorch passes it inherits.
     """
 
-    def __init__(self, cfg: EncodingConfig, scatter_mode: str = "owned") -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: EncodingConfig, kind: str = "hashgrid", scatter_mode: str = "owned") -> None:
+        super().__init__(cfg, kind)
         levels = tuple((lv.scale, lv.resolution, lv.size, lv.offset, lv.hashed) for lv in self.plan.levels)
         self._layout_key: LayoutKey = (levels, self.plan.n_features, self.plan.smooth)
         self.scatter_mode = scatter_mode

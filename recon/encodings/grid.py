@@ -139,14 +139,14 @@ def matched_dense_resolution(cfg: EncodingConfig) -> int:
     return min(candidates, key=lambda r: (abs(r**3 * cfg.dense_features - target), r))
 
 
-def encoding_levels(cfg: EncodingConfig) -> tuple[list[GridLevel], int]:
-    """Layout and features per vertex for ``cfg.type`` (hashgrid or densegrid)."""
-    if cfg.type == "hashgrid":
+def encoding_levels(cfg: EncodingConfig, kind: str) -> tuple[list[GridLevel], int]:
+    """Layout and features per vertex for the grid ``kind`` (hashgrid or densegrid)."""
+    if kind == "hashgrid":
         return hash_grid_levels(cfg), cfg.n_features_per_level
-    if cfg.type == "densegrid":
+    if kind == "densegrid":
         resolution = cfg.dense_resolution or matched_dense_resolution(cfg)
         return dense_grid_levels(resolution), cfg.dense_features
-    raise ValueError(f"GridEncoding serves hashgrid and densegrid, not {cfg.type!r}")
+    raise ValueError(f"GridEncoding serves hashgrid and densegrid, not {kind!r}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -749,12 +749,12 @@ class GridEncoding(nn.Module):
     The table is the one parameter ``params`` (P,), laid out as tiny-cuda-nn lays it out.
     """
 
-    def __init__(self, cfg: EncodingConfig) -> None:
+    def __init__(self, cfg: EncodingConfig, kind: str = "hashgrid") -> None:
         super().__init__()
         if cfg.interpolation not in ("linear", "smoothstep"):
             raise ValueError(f"interpolation must be linear or smoothstep, got {cfg.interpolation!r}")
-        levels, n_features = encoding_levels(cfg)
-        self.kind = cfg.type
+        levels, n_features = encoding_levels(cfg, kind)
+        self.kind = kind
         self.plan = _Plan(levels, n_features, cfg.interpolation == "smoothstep")
         self.params = nn.Parameter(torch.empty(grid_n_params(levels, n_features)))
         nn.init.uniform_(self.params, -cfg.init_scale, cfg.init_scale)
@@ -772,6 +772,11 @@ class GridEncoding(nn.Module):
     def n_params(self) -> int:
         """Number of scalars in the table."""
         return self.params.numel()
+
+    @property
+    def levels(self) -> list[GridLevel]:
+        """The levels of the table, coarse to fine."""
+        return list(self.plan.levels)
 
     def layout(self) -> list[GridLevel]:
         """Per-level scale, resolution, size, offset (in vertices) and whether it is hashed."""

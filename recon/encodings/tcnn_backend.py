@@ -32,10 +32,10 @@ def tcnn_available() -> bool:
     return _import_tcnn()[0] is not None
 
 
-def tcnn_encoding_config(cfg: EncodingConfig) -> dict[str, Any]:
+def tcnn_encoding_config(cfg: EncodingConfig, kind: str = "hashgrid") -> dict[str, Any]:
     """tiny-cuda-nn's encoding dict for ``cfg`` (HashGrid or a one-level DenseGrid)."""
     interpolation = {"linear": "Linear", "smoothstep": "Smoothstep"}[cfg.interpolation]
-    if cfg.type == "hashgrid":
+    if kind == "hashgrid":
         return {
             "otype": "HashGrid",
             "n_levels": cfg.n_levels,
@@ -45,7 +45,7 @@ def tcnn_encoding_config(cfg: EncodingConfig) -> dict[str, Any]:
             "per_level_scale": cfg.per_level_scale,
             "interpolation": interpolation,
         }
-    if cfg.type == "densegrid":
+    if kind == "densegrid":
         return {
             "otype": "DenseGrid",
             "n_levels": 1,
@@ -54,7 +54,7 @@ def tcnn_encoding_config(cfg: EncodingConfig) -> dict[str, Any]:
             "per_level_scale": 1.0,
             "interpolation": interpolation,
         }
-    raise ValueError(f"tiny-cuda-nn backend serves hashgrid and densegrid, not {cfg.type!r}")
+    raise ValueError(f"tiny-cuda-nn backend serves hashgrid and densegrid, not {kind!r}")
 
 
 class TcnnGridEncoding(nn.Module):
@@ -64,7 +64,7 @@ class TcnnGridEncoding(nn.Module):
     parameter ``params``, laid out as ``GridEncoding`` lays it out.
     """
 
-    def __init__(self, cfg: EncodingConfig, device: torch.device | str) -> None:
+    def __init__(self, cfg: EncodingConfig, device: torch.device | str, kind: str = "hashgrid") -> None:
         super().__init__()
         tcnn, reason = _import_tcnn()
         device = torch.device(device)
@@ -72,7 +72,7 @@ class TcnnGridEncoding(nn.Module):
             raise InputError("encoding.backend", f"'tcnn' needs tinycudann, which does not import ({reason})")
         if device.type != "cuda":
             raise InputError("encoding.backend", f"'tcnn' runs on CUDA only, not on {device}")
-        self.config = tcnn_encoding_config(cfg)
+        self.config = tcnn_encoding_config(cfg, kind)
         with torch.cuda.device(device):
             encoding = tcnn.Encoding(3, self.config, dtype=torch.float32)
         self.params = encoding.params  # registered first, so named_parameters() calls it "params"

@@ -2,16 +2,36 @@
 
 Sign convention: the SDF ``s`` is positive outside the surface and negative
 inside, so the density is small outside and ``1 / beta`` deep inside.
+
+The pure functions (``laplace_density``, ``neus_alpha``) are wrapped by two
+learnable densities behind one interface, ``Density``: ``LaplaceDensity``
+(VolSDF) and ``NeuSDensity``; ``make_density`` picks one from ``render.density``.
 """
 
 from __future__ import annotations
 
+import abc
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["laplace_density", "LearnableBeta", "neus_alpha", "LearnableInvS"]
+from recon.render.compositing import alpha_from_density
+
+if TYPE_CHECKING:  # only read attributes: no import-time dependency on the config module
+    from recon.config import RenderConfig
+
+__all__ = [
+    "Density",
+    "LaplaceDensity",
+    "LearnableBeta",
+    "LearnableInvS",
+    "NeuSDensity",
+    "laplace_density",
+    "make_density",
+    "neus_alpha",
+]
 
 _EXP_CAP = 60.0
 
@@ -126,3 +146,53 @@ class LearnableInvS(nn.Module):
     def forward(self) -> Tensor:
         """Returns the current ``inv_s``, a 0-d tensor (differentiable below the cap)."""
         return torch.exp(10.0 * self.variance).clamp(max=self.inv_s_max)
+
+
+class Density(nn.Module, abc.ABC):
+    """A learnable SDF -> opacity conversion."""
+
+    @abc.abstractmethod
+    def current_beta(self) -> Tensor:
+        """The scale over which the density rises at the surface, a 0-d tensor: Laplace's beta, or
+        NeuS's logistic scale ``1 / s`` (the samplers and the occupancy grid use it)."""
+
+    @abc.abstractmethod
+    def alpha(self, sdf: Tensor, cos: Tensor, deltas: Tensor) -> Tensor:
+        """Per-sample opacity ``(R, S)`` from the SDF, ``cos(dir, grad sdf)`` and the samples'
+        interval lengths, all ``(R, S)``."""
+
+
+class LaplaceDensity(Density):
+    """VolSDF: ``sigma = laplace_density(sdf, beta)``, alpha from sigma over each interval."""
+
+    def __init__(self, beta_init: float, beta_min: float) -> None:
+        super().__init__()
+        self.beta = LearnableBeta(beta_init, beta_min)
+
+    def current_beta(self) -> Tensor:
+        return self.beta()
+
+    def alpha(self, sdf: Tensor, cos: Tensor, deltas: Tensor) -> Tensor:
+        return alpha_from_density(laplace_density(sdf, self.beta()), deltas)
+
+
+class NeuSDensity(Density):
+    """NeuS: alpha from logistic CDFs at the interval ends (``neus_alpha``); ``1 / s`` plays beta's role."""
+
+    def __init__(self, beta_init: float, beta_min: float) -> None:
+        super().__init__()
+        self.inv_s = LearnableInvS(beta_init, beta_min)
+
+    def current_beta(self) -> Tensor:
+        return 1.0 / self.inv_s()
+
+    def alpha(self, sdf: Tensor, cos: Tensor, deltas: Tensor) -> Tensor:
+        return neus_alpha(sdf, cos, deltas, self.inv_s())
+
+
+DENSITIES: dict[str, type[Density]] = {"laplace": LaplaceDensity, "neus": NeuSDensity}
+
+
+def make_density(cfg: RenderConfig) -> Density:
+    """The density ``render.density`` names, starting at ``render.beta_init``."""
+    return DENSITIES[cfg.density](cfg.beta_init, cfg.beta_min)

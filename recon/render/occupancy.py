@@ -15,6 +15,7 @@ planes), and place their samples only there.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -104,6 +105,11 @@ class OccupancyGrid(nn.Module):
             blocks = (split[:, None, :] * 2 + _all_indices(2, blocks.device)[None]).reshape(-1, 3)
             size //= 2
         self.occupied.copy_(occupied)
+
+    def update_every_n_steps(self, step: int, n: int, sdf_fn: SdfFn, beta: Callable[[], float]) -> None:
+        """``update`` at every ``n``-th step (0, n, 2n, ...); ``beta`` gives the density's current scale."""
+        if step % max(n, 1) == 0:
+            self.update(sdf_fn, beta())
 
     def occupied_fraction(self) -> float:
         """Fraction of the cells marked occupied."""

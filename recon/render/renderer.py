@@ -6,18 +6,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from recon.config import RenderConfig
 from recon.fields import NeuralSDF
-from recon.render.compositing import (
-    alpha_from_density,
-    centred_deltas_from_t,
-    composite,
-    weights_from_alpha,
-)
-from recon.render.background import BackgroundField, background_start
-from recon.render.density import LearnableBeta, LearnableInvS, laplace_density, neus_alpha
+from recon.render.background import Background
+from recon.render.compositing import centred_deltas_from_t, composite, weights_from_alpha
+from recon.render.density import Density
 from recon.render.occupancy import OccupancyGrid
 from recon.render.samplers import RaySegments, error_bounded_sample, ray_sphere_near_far, surface_guided_sample
 
@@ -29,10 +23,11 @@ class RenderOutput:
     """Per-ray results (R rays, S samples per ray).
 
     rgb (R, 3) composited over the background; depth (R,) sum of weight x distance along
-    the unit ray direction (divide by opacity for the expected hit distance); normal (R, 3) world-space, weighted by the sample weights;
-    opacity (R,); weights (R, S); gradients (R, S, 3) of the SDF at the samples
-    (differentiable when training, for the eikonal loss); hit (R,) rays that were
-    rendered: they meet the scene sphere (and, with an occupancy grid, an occupied cell).
+    the unit ray direction (divide by opacity for the expected hit distance); normal (R, 3)
+    world-space, weighted by the sample weights; opacity (R,); weights (R, S); hit (R,) the rays
+    that were rendered: they meet the scene sphere (and, with an occupancy grid, an occupied cell);
+    sample_gradients (H S, 3) the SDF's gradients at the samples of the H rendered rays only
+    (differentiable when training, for the eikonal loss).
     """
 
     rgb: torch.Tensor
@@ -40,30 +35,8 @@ class RenderOutput:
     normal: torch.Tensor
     opacity: torch.Tensor
     weights: torch.Tensor
-    gradients: torch.Tensor
     hit: torch.Tensor
-
-
-class Density(nn.Module):
-    """The learnable density: VolSDF's Laplace (beta) or NeuS's logistic (inv_s)."""
-
-    def __init__(self, cfg: RenderConfig) -> None:
-        super().__init__()
-        self.kind = cfg.density
-        self.beta = LearnableBeta(cfg.beta_init, cfg.beta_min) if cfg.density == "laplace" else None
-        self.inv_s = LearnableInvS(cfg.beta_init, cfg.beta_min) if cfg.density == "neus" else None
-
-    def current_beta(self) -> torch.Tensor:
-        """Laplace beta, or the NeuS equivalent 1 / s (used by the sampler)."""
-        if self.beta is not None:
-            return self.beta()
-        return 1.0 / self.inv_s()
-
-    def alpha(self, sdf: torch.Tensor, cos: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
-        """Per-sample opacity (R, S) from sdf, cos(dir, gradient) and interval lengths (R, S)."""
-        if self.beta is not None:
-            return alpha_from_density(laplace_density(sdf, self.beta()), deltas)
-        return neus_alpha(sdf, cos, deltas, self.inv_s())
+    sample_gradients: torch.Tensor
 
 
 def render_rays(
@@ -72,14 +45,13 @@ def render_rays(
     origins: torch.Tensor,
     dirs: torch.Tensor,
     cfg: RenderConfig,
-    background: torch.Tensor | BackgroundField,
+    background: Background,
     training: bool,
     image_index: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     occupancy: OccupancyGrid | None = None,
 ) -> RenderOutput:
-    """Render rays (R, 3) origins and unit directions; ``background`` fills what is not opaque:
-    a constant colour (3,), or a ``BackgroundField`` rendered beyond the scene sphere.
+    """Render rays (R, 3) origins and unit directions; ``background`` fills what is not opaque.
 
     ``training`` jitters the samples and keeps the SDF gradients differentiable (for the eikonal
     loss); ``image_index`` (R,) selects per-image appearance codes. With an ``occupancy`` grid,
@@ -98,10 +70,8 @@ def render_rays(
             None if segments is None else segments.select(index),
         )
         out = _scatter(out, inner, index)
-    if isinstance(background, BackgroundField):
-        start = background_start(origins, dirs, far, hit)
-        background = background.render(origins, dirs, start, cfg, training, generator)
-    out.rgb = out.rgb + (1.0 - out.opacity[:, None]) * background
+    behind = background.render(origins, dirs, far, hit, training, generator)
+    out.rgb = out.rgb + (1.0 - out.opacity[:, None]) * behind
     return out
 
 
@@ -142,8 +112,8 @@ def _render_hits(
         normal=composite(weights, normals.view(n_rays, n_samples, 3)),
         opacity=weights.sum(-1),
         weights=weights,
-        gradients=gradient.view(n_rays, n_samples, 3),
         hit=torch.ones(n_rays, dtype=torch.bool, device=origins.device),
+        sample_gradients=gradient,
     )
 
 
@@ -155,8 +125,8 @@ def _empty_output(n_rays: int, like: torch.Tensor, hit: torch.Tensor) -> RenderO
         normal=zeros(n_rays, 3),
         opacity=zeros(n_rays),
         weights=zeros(n_rays, 0),
-        gradients=zeros(0, 0, 3),
         hit=hit,
+        sample_gradients=zeros(0, 3),
     )
 
 
@@ -170,6 +140,6 @@ def _scatter(out: RenderOutput, inner: RenderOutput, index: torch.Tensor) -> Ren
         normal=out.normal.index_copy(0, index, inner.normal),
         opacity=out.opacity.index_copy(0, index, inner.opacity),
         weights=weights,
-        gradients=inner.gradients,
         hit=out.hit,
+        sample_gradients=inner.sample_gradients,
     )

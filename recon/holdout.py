@@ -1,0 +1,91 @@
+"""Held-out views: which views a fit leaves out, and how a fitted model scores on them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from recon.datasets.scene import Scene
+from recon.errors import InputError
+from recon.io import write_json_atomic
+from recon.losses import psnr
+from recon.rays import RaySource
+from recon.render.image import RenderedImage, render_image
+from recon.run import Model, RunDir
+from recon.visualize import save_validation_image
+
+
+def split_holdout(scene: Scene, every: int) -> tuple[Scene, Scene | None, list[int]]:
+    """Training views, held-out views (0, K, 2K, ...; None when ``every`` is 0) and their indices.
+
+    A scene whose format names a train split and an evaluation split (NeRF-synthetic's
+    ``transforms_{train,val,test}.json``) trains on its train split only, and, when ``every``
+    is not 0, holds out its ``val`` split (else ``test``) instead of every K-th view.
+    """
+    evaluation = next((name for name in ("val", "test") if name in scene.splits), None)
+    if "train" in scene.splits and evaluation is not None:
+        held = [int(i) for i in scene.splits[evaluation]] if every else []
+        return scene.split("train"), (scene.split(evaluation) if every else None), held
+    if every == 0:
+        return scene, None, []
+    held = list(range(0, scene.n_images, every))
+    if every < 0 or len(held) == scene.n_images:
+        raise InputError("train.holdout", f"must be 0 (off) or at least 2 (keep every K-th view out), got {every}")
+    kept = [i for i in range(scene.n_images) if i % every != 0]
+    return scene.select(kept), scene.select(held), held
+
+
+@dataclass
+class HoldoutScores:
+    """A held-out view's scores: PSNR (inside the mask when there is one); with masks, also the
+    whole image's PSNR (``psnr_full``) and the IoU of rendered opacity > 0.5 with the mask."""
+
+    psnr: float
+    psnr_full: float | None = None
+    mask_iou: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        """The scores that apply (no None values)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def holdout_scores(rendered: RenderedImage) -> HoldoutScores:
+    """The scores of one rendered view against its photograph."""
+    rgb, target = torch.from_numpy(rendered.rgb), torch.from_numpy(rendered.target)
+    whole = float(psnr(rgb, target))
+    if rendered.mask is None:
+        return HoldoutScores(whole)
+    mask = torch.from_numpy(rendered.mask) > 0.5
+    opaque = torch.from_numpy(rendered.opacity) > 0.5
+    union = int((mask | opaque).sum())
+    return HoldoutScores(
+        psnr=float(psnr(rgb[mask], target[mask])) if bool(mask.any()) else whole,
+        psnr_full=whole,
+        mask_iou=int((mask & opaque).sum()) / union if union > 0 else 1.0,
+    )
+
+
+def score_holdout(
+    model: Model, rays: RaySource, views: list[int], run: RunDir, step: int, progress: bool = False
+) -> dict[str, Any]:
+    """Render the held-out views (long side <= ``train.val_max_side``, ``train.holdout_supersample``^2
+    rays per pixel, without appearance codes) to ``holdout/view_NNN.png``; write their scores and
+    means to ``holdout.json`` and the means to the metrics log; return the summary."""
+    cfg = model.cfg
+    scored = []
+    for i, view in enumerate(tqdm(views, desc="held-out views", disable=not progress, unit="view")):
+        rendered = render_image(
+            model.field, model.density, model.background, rays, i, cfg.render, cfg.train.val_max_side,
+            appearance=False, supersample=cfg.train.holdout_supersample,
+        )
+        save_validation_image(run.holdout_dir / f"view_{view:03d}.png", rendered)
+        scored.append({"view": view, **holdout_scores(rendered).as_dict()})
+    means = {key: float(np.mean([v[key] for v in scored])) for key in scored[0] if key != "view"}
+    summary: dict[str, Any] = {"step": step, "every": cfg.train.holdout, **means, "views": scored}
+    write_json_atomic(run.holdout, summary)
+    run.append_metrics({"step": step, **{f"holdout_{key}": value for key, value in means.items()}})
+    return summary
