@@ -31,6 +31,7 @@ from scipy.spatial.transform import Rotation
 
 from recon.datasets.cameras import look_at, pixel_grid, pixel_rays, projection_from
 from recon.errors import InputError
+from recon.raycast import Raycaster, RayHits
 
 DEFAULT_WORLD_CENTRE = (0.3, -0.2, 2.0)
 DEFAULT_WORLD_SCALE = 50.0
@@ -214,45 +215,33 @@ def albedo(p: np.ndarray) -> np.ndarray:
     return np.clip(patches * stripes[..., None], 0.08, 0.95)
 
 
-def _cast(scene, origins: np.ndarray, dirs: np.ndarray) -> dict[str, np.ndarray]:
-    import open3d as o3d
-
-    rays = np.concatenate([origins, dirs], axis=-1).reshape(-1, 6).astype(np.float32)
-    out = scene.cast_rays(o3d.core.Tensor(rays))
-    return {key: out[key].numpy() for key in ("t_hit", "primitive_ids", "primitive_uvs")}
-
-
-def _surface_normals(mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:
-    """(M, 3) interpolated vertex normals at the hit rays ``ok``."""
-    tri = mesh.faces[hits["primitive_ids"][ok].astype(np.int64)]
-    uv = hits["primitive_uvs"][ok].astype(np.float64)
+def _surface_normals(mesh: trimesh.Trimesh, hits: RayHits) -> np.ndarray:
+    """(M, 3) interpolated vertex normals at the M rays of ``hits`` that hit."""
+    tri = mesh.faces[hits.face[hits.ok]]
+    uv = hits.uv[hits.ok]
     bary = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)
     n = np.einsum("mk,mkc->mc", bary, mesh.vertex_normals[tri])
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
-def _outward_normals(mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], ok: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+def _outward_normals(caster: Raycaster, hits: RayHits, dirs: np.ndarray) -> np.ndarray:
     """``_surface_normals`` turned to the camera's side of the surface the ray hit first (its face's
     normal decides): a mesh wound inward (negative volume, as some scans ship) gives the same cue
     as the same mesh wound outward, instead of normals that push the SDF inside out."""
-    n = _surface_normals(mesh, hits, ok)
-    face_normals = mesh.face_normals[hits["primitive_ids"][ok].astype(np.int64)]
-    away = np.einsum("mc,mc->m", face_normals, dirs[ok]) > 0
-    n[away] *= -1.0
+    n = _surface_normals(caster.mesh, hits)
+    n[caster.back_facing(hits, dirs)] *= -1.0
     return n
 
 
-def _shade(
-    mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], origins: np.ndarray, dirs: np.ndarray
-) -> np.ndarray:
+def _shade(mesh: trimesh.Trimesh, hits: RayHits, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     """(M, 3) linear colour of each ray; black where it misses."""
-    t = hits["t_hit"]
-    ok = np.isfinite(t)
+    t = hits.t_hit
+    ok = hits.ok
     colour = np.zeros(dirs.shape, dtype=np.float64)
     if not ok.any():
         return colour
     points = origins[ok] + t[ok, None] * dirs[ok]
-    n = _surface_normals(mesh, hits, ok)
+    n = _surface_normals(mesh, hits)
     n = np.where((np.sum(n * dirs[ok], axis=1) > 0)[:, None], -n, n)  # face the camera
     light = AMBIENT + (1.0 - AMBIENT) * np.clip(n @ LIGHT_DIR, 0.0, None)
     colour[ok] = albedo(points) * light[:, None]
@@ -266,18 +255,18 @@ def _supersample_offsets(factor: int) -> np.ndarray:
     return np.stack([du.ravel(), dv.ravel()], axis=1)
 
 
-def _render_view(scene, mesh: trimesh.Trimesh, K: np.ndarray, pose: np.ndarray, size: int, factor: int):
+def _render_view(caster: Raycaster, K: np.ndarray, pose: np.ndarray, size: int, factor: int):
     uv = pixel_grid(size, size).reshape(-1, 2)
     origins, dirs = pixel_rays(K, pose, uv)
-    centre = _cast(scene, origins, dirs)
-    ok = np.isfinite(centre["t_hit"])
-    depth = np.where(ok, centre["t_hit"], 0.0).astype(np.float32)
+    centre = caster.cast(origins, dirs)
+    ok = centre.ok
+    depth = np.where(ok, centre.t_hit, 0.0).astype(np.float32)
     normals = np.zeros((uv.shape[0], 3), dtype=np.float32)
-    normals[ok] = _outward_normals(mesh, centre, ok, dirs)
+    normals[ok] = _outward_normals(caster, centre, dirs)
     colour = np.zeros((uv.shape[0], 3))
     for offset in _supersample_offsets(factor):
         o, d = pixel_rays(K, pose, uv + offset)
-        colour += _shade(mesh, _cast(scene, o, d), o, d)
+        colour += _shade(caster.mesh, caster.cast(o, d), o, d)
     rgb = np.clip(colour / factor**2, 0.0, 1.0) * 255.0 + 0.5
     shape = (size, size)
     rgb = rgb.astype(np.uint8).reshape(*shape, 3)
@@ -293,16 +282,10 @@ def render_views(
     supersample: int = 2,
 ) -> RenderedViews:
     """Ray-cast ``mesh`` (normalised units, centred on the origin) from cameras on a sphere."""
-    import open3d as o3d
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)),
-        o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32)),
-    )
+    caster = Raycaster(mesh)
     radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
     intrinsics, poses = orbit_cameras(n_views, size, radius, seed, fov_deg)
-    views = [_render_view(scene, mesh, K, pose, size, supersample) for K, pose in zip(intrinsics, poses)]
+    views = [_render_view(caster, K, pose, size, supersample) for K, pose in zip(intrinsics, poses)]
     images, masks, depths, normals = (np.stack(v) for v in zip(*views))
     return RenderedViews(images, masks, depths, normals, intrinsics, poses)
 
