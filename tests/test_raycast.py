@@ -25,7 +25,7 @@ def triangle() -> trimesh.Trimesh:
 
 
 def test_import_does_not_load_open3d() -> None:
-    code = "import sys, recon.raycast; assert 'open3d' not in sys.modules"
+    code = "import sys, recon.raycast, recon.mesh_pictures; assert 'open3d' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
