@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-from recon.datasets.cameras import look_at, pixel_grid, pixel_rays
+from recon.datasets.cameras import look_at, pixel_grid, pixel_rays_unit_z
 from recon.raycast import Raycaster
 
 BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
@@ -76,7 +76,7 @@ class Hits:
 def cast(mesh: trimesh.Trimesh, camera: Camera) -> Hits:
     """Ray cast every pixel of ``camera`` against ``mesh``."""
     uv = pixel_grid(camera.size, camera.size).reshape(-1, 2)
-    origins, dirs = pixel_rays(camera.K, camera.cam_to_world, uv)
+    origins, dirs = pixel_rays_unit_z(camera.K, camera.cam_to_world, uv)
     dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
     caster = Raycaster(mesh)
     hits = caster.cast(origins, dirs)

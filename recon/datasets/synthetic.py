@@ -29,7 +29,7 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from recon.datasets.cameras import look_at, pixel_grid, pixel_rays, projection_from
+from recon.datasets.cameras import look_at, pixel_grid, pixel_rays_unit_z, projection_from
 from recon.errors import InputError
 from recon.raycast import Raycaster, RayHits
 
@@ -257,7 +257,7 @@ def _supersample_offsets(factor: int) -> np.ndarray:
 
 def _photograph_view(caster: Raycaster, K: np.ndarray, pose: np.ndarray, size: int, factor: int):
     uv = pixel_grid(size, size).reshape(-1, 2)
-    origins, dirs = pixel_rays(K, pose, uv)
+    origins, dirs = pixel_rays_unit_z(K, pose, uv)
     centre = caster.cast(origins, dirs)
     ok = centre.ok
     depth = np.where(ok, centre.t_hit, 0.0).astype(np.float32)
@@ -265,7 +265,7 @@ def _photograph_view(caster: Raycaster, K: np.ndarray, pose: np.ndarray, size: i
     normals[ok] = _outward_normals(caster, centre, dirs)
     colour = np.zeros((uv.shape[0], 3))
     for offset in _supersample_offsets(factor):
-        o, d = pixel_rays(K, pose, uv + offset)
+        o, d = pixel_rays_unit_z(K, pose, uv + offset)
         colour += _shade(caster.mesh, caster.cast(o, d), o, d)
     rgb = np.clip(colour / factor**2, 0.0, 1.0) * 255.0 + 0.5
     shape = (size, size)
