@@ -32,6 +32,7 @@ import numpy as np
 import trimesh
 
 from recon.errors import InputError
+from recon.raycast import Raycaster
 
 DEFAULT_THRESHOLDS = (0.0025, 0.005, 0.01, 0.02)
 DETAIL_RADIUS_REL = 0.01
@@ -114,25 +115,6 @@ class Views:
         return cls(np.asarray(scene.intrinsics, dtype=np.float64), poses, scene.height, scene.width, scene.masks)
 
 
-def _raycaster(mesh: trimesh.Trimesh):
-    import open3d as o3d
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)),
-        o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32)),
-    )
-    return scene
-
-
-def _first_hit(caster, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Distance ``(n,)`` along unit ``dirs`` to the first surface hit (inf when none)."""
-    import open3d as o3d
-
-    rays = np.concatenate([origins, dirs], axis=1).astype(np.float32)
-    return caster.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy().astype(np.float64)
-
-
 def _in_view(points: np.ndarray, views: Views, i: int) -> np.ndarray:
     """``(n,)`` whether each point projects in front of camera ``i``, inside its image (and mask)."""
     pose = views.cam_to_world[i]
@@ -164,7 +146,7 @@ def visible_points(points: np.ndarray, views: Views, gt: trimesh.Trimesh, tol: f
     """
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     seen = np.zeros(len(points), dtype=bool)
-    caster = _raycaster(gt)
+    caster = Raycaster(gt)
     for i in range(len(views.cam_to_world)):
         todo = np.flatnonzero(~seen)
         if len(todo) == 0:
@@ -173,7 +155,7 @@ def visible_points(points: np.ndarray, views: Views, gt: trimesh.Trimesh, tol: f
         centre = views.cam_to_world[i, :3, 3]
         offset = points[todo] - centre
         dist = np.linalg.norm(offset, axis=1)
-        hit = _first_hit(caster, np.broadcast_to(centre, offset.shape), offset / dist[:, None])
+        hit = caster.cast(np.broadcast_to(centre, offset.shape), offset / dist[:, None]).t_hit
         seen[todo[hit >= dist - tol]] = True
     return seen
 

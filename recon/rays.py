@@ -14,7 +14,7 @@ DEFAULT_MAX_RAYS = 1 << 20
 """Default of data.max_rays: about 60 MB of rays and targets at once."""
 
 
-def pixel_rays(
+def pixel_rays_unit_length(
     intrinsics_inv: torch.Tensor, cam_to_world: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rays through pixel centres (integer u, v; OpenCV convention).
@@ -84,7 +84,7 @@ class RaySource:
     def batch(self, image_index: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> RayBatch:
         """Rays and targets for the given (R,) image indices and pixel coordinates (R <= max_rays)."""
         self._check_budget(image_index.shape[0])
-        origins, dirs, z_scale = pixel_rays(
+        origins, dirs, z_scale = pixel_rays_unit_length(
             self.intrinsics_inv[image_index], self.cam_to_world[image_index], u.float(), v.float()
         )
         rgb = self.images[image_index, v, u].float() / 255.0
@@ -113,7 +113,7 @@ class RaySource:
         cols = _block_points(self.width, downscale, at[0])
         v, u = (c.reshape(-1) for c in torch.meshgrid(rows, cols, indexing="ij"))
         index = torch.full((h * w,), image_index, dtype=torch.long, device=self.device)
-        origins, dirs, z_scale = pixel_rays(
+        origins, dirs, z_scale = pixel_rays_unit_length(
             self.intrinsics_inv[index], self.cam_to_world[index], u.to(self.device), v.to(self.device)
         )
         pixels = self.images[image_index].float() / 255.0

@@ -205,7 +205,7 @@ def _arms(out_dir: Path, settings: dict[str, Any]) -> list[Arm]:
 
 def render_figures(out_dir: Path, arms: list[Arm], gt: trimesh.Trimesh | None, up: np.ndarray) -> dict[str, str]:
     """Write the mesh pictures into ``out_dir/report_files``; return {figure name: file name}."""
-    from recon.mesh_render import closeup_camera, distance_image, normal_image, orbit_camera
+    from recon.mesh_pictures import closeup_camera, distance_image, normal_image, orbit_camera
 
     files = out_dir / FILES
     reference = gt if gt is not None else arms[0].mesh

@@ -18,7 +18,7 @@ from recon.datasets.cameras import (
     decompose_projection,
     look_at,
     pixel_grid,
-    pixel_rays,
+    pixel_rays_unit_z,
     project_points,
     projection_from,
 )
@@ -117,7 +117,7 @@ def test_pixel_rays_go_through_pixels_with_unit_camera_z() -> None:
     pose = look_at(np.array([0.4, 2.0, 1.0]), np.zeros(3))
     uv = pixel_grid(24, 32)
     assert uv.shape == (24, 32, 2) and tuple(uv[3, 5]) == (5.0, 3.0)
-    origins, dirs = pixel_rays(K, pose, uv.reshape(-1, 2))
+    origins, dirs = pixel_rays_unit_z(K, pose, uv.reshape(-1, 2))
     points = origins + 2.5 * dirs
     back, depth = project_points(K, pose, points)
     np.testing.assert_allclose(back, uv.reshape(-1, 2), atol=1e-9)
@@ -159,7 +159,7 @@ def test_cues_agree_with_masks_and_cameras(tiny_scene: Scene) -> None:
     s = tiny_scene
     assert np.all((s.depths > 0) == s.masks)
     np.testing.assert_allclose(np.linalg.norm(s.normals[s.masks], axis=-1), 1.0, atol=1e-4)
-    _, dirs = pixel_rays(s.intrinsics[0], s.cam_to_world[0], pixel_grid(32, 32))
+    _, dirs = pixel_rays_unit_z(s.intrinsics[0], s.cam_to_world[0], pixel_grid(32, 32))
     facing = np.sum(s.normals[0] * dirs, axis=-1)[s.masks[0]]
     assert np.mean(facing < 0) > 0.95  # normals of visible surface face the camera
     assert 1.0 < s.depths[s.masks].min() and s.depths.max() < 4.0  # normalised units
@@ -195,7 +195,7 @@ def test_rays_through_mask_centres_hit_the_mesh_at_the_cue_depth(tiny_scene: Sce
     for i in range(s.n_images):
         vs, us = np.nonzero(s.masks[i])
         k = np.argmin((us - us.mean()) ** 2 + (vs - vs.mean()) ** 2)
-        origin, direction = pixel_rays(s.intrinsics[i], s.cam_to_world[i], np.array([us[k], vs[k]], float))
+        origin, direction = pixel_rays_unit_z(s.intrinsics[i], s.cam_to_world[i], np.array([us[k], vs[k]], float))
         t = _ray_hits(origin, direction, triangles)
         assert len(t) > 0, f"view {i}: ray through the mask centre misses the mesh"
         assert t.min() == pytest.approx(s.depths[i, vs[k], us[k]], abs=1e-4)  # camera z of direction is 1
@@ -250,7 +250,7 @@ def _hit_points(scene: Scene) -> np.ndarray:
     uv = pixel_grid(scene.height, scene.width)
     points = []
     for K, pose, depth in zip(scene.intrinsics, scene.cam_to_world, scene.depths):
-        origins, dirs = pixel_rays(K, pose, uv)  # camera z of dirs is 1: the hit is at z-depth
+        origins, dirs = pixel_rays_unit_z(K, pose, uv)  # camera z of dirs is 1: the hit is at z-depth
         points.append(origins + depth[..., None] * dirs)
     points = np.stack(points)
     return points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), 1e-12)

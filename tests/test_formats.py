@@ -16,7 +16,7 @@ import trimesh
 
 from recon.cli import main
 from recon.datasets import detect_format, load_scene
-from recon.datasets.cameras import pixel_rays, visual_hull
+from recon.datasets.cameras import pixel_rays_unit_z, visual_hull
 from recon.datasets.dtu import downscale_cue, load_dtu
 from recon.datasets.monosdf import crop_intrinsics
 from recon.datasets.normalize import closest_point_to_axes
@@ -198,8 +198,8 @@ def test_downscale_averages_blocks_and_keeps_rays_through_block_centres(tiny: Sc
     for d in (2, 3, 4):
         K_small = downscaled_intrinsics(tiny.intrinsics[0], d)
         uv = np.array([[0.0, 0.0], [5.0, 2.0], [7.0, 3.0]])
-        _, rays_small = pixel_rays(K_small, tiny.cam_to_world[0], uv)
-        _, rays_full = pixel_rays(tiny.intrinsics[0], tiny.cam_to_world[0], d * uv + (d - 1) / 2)
+        _, rays_small = pixel_rays_unit_z(K_small, tiny.cam_to_world[0], uv)
+        _, rays_full = pixel_rays_unit_z(tiny.intrinsics[0], tiny.cam_to_world[0], d * uv + (d - 1) / 2)
         np.testing.assert_allclose(rays_small, rays_full, atol=1e-12)
 
 
@@ -389,13 +389,13 @@ def test_image_batch_is_the_image_at_lower_resolution(tiny: Scene) -> None:
     np.testing.assert_allclose(target[6, 6], pixels[30:32, 30:32].reshape(-1, 3).mean(0), atol=1e-6)
     centre = RaySource(tiny, torch.device("cpu")).batch(torch.tensor([2]), torch.tensor([12]), torch.tensor([7]))
     np.testing.assert_allclose(image.dirs.reshape(h, w, 3)[1, 2].numpy(), centre.dirs[0].numpy(), atol=1e-6)
-    _, corner = pixel_rays(tiny.intrinsics[2], tiny.cam_to_world[2], np.array([30.5, 30.5]))
+    _, corner = pixel_rays_unit_z(tiny.intrinsics[2], tiny.cam_to_world[2], np.array([30.5, 30.5]))
     np.testing.assert_allclose(image.dirs.reshape(h, w, 3)[6, 6].numpy(), corner / np.linalg.norm(corner), atol=1e-5)
     # a ray through another point of each block: column 1/10, row 9/10 of the way across
     shifted, _, _ = rays.image_batch(2, 5, at=(0.1, 0.9))
     inner = RaySource(tiny, torch.device("cpu")).batch(torch.tensor([2]), torch.tensor([10]), torch.tensor([9]))
     np.testing.assert_allclose(shifted.dirs.reshape(h, w, 3)[1, 2].numpy(), inner.dirs[0].numpy(), atol=1e-6)
-    _, short = pixel_rays(tiny.intrinsics[2], tiny.cam_to_world[2], np.array([29.7, 31.3]))  # the 2-pixel blocks
+    _, short = pixel_rays_unit_z(tiny.intrinsics[2], tiny.cam_to_world[2], np.array([29.7, 31.3]))  # the 2-pixel blocks
     np.testing.assert_allclose(shifted.dirs.reshape(h, w, 3)[6, 6].numpy(), short / np.linalg.norm(short), atol=1e-5)
     np.testing.assert_array_equal(shifted.rgb.numpy(), image.rgb.numpy())  # the targets stay the block means
     assert tiny.masks is not None

@@ -16,7 +16,7 @@ from recon.config import Config
 from recon.datasets import load_scene
 from recon.errors import InputError
 from recon.holdout import holdout_scores, split_holdout
-from recon.rays import RaySource, pixel_rays
+from recon.rays import RaySource, pixel_rays_unit_length
 from recon.render.background import ConstantBackground
 from recon.render.image import RenderedImage, render_image
 from recon.render.renderer import render_rays
@@ -90,7 +90,7 @@ def test_supersampled_pixel_is_the_mean_of_rays_spread_over_its_block(tiny_scene
     row, col = 4, 3
     v, u = (torch.tensor([4 * row + a for a in (0.5, 0.5, 2.5, 2.5)]), torch.tensor([4 * col + a for a in (0.5, 2.5)] * 2))
     index = torch.full((4,), 3)
-    origins, dirs, z_scale = pixel_rays(rays.intrinsics_inv[index], rays.cam_to_world[index], u, v)
+    origins, dirs, z_scale = pixel_rays_unit_length(rays.intrinsics_inv[index], rays.cam_to_world[index], u, v)
     with torch.no_grad():
         out = render_rays(field, density, origins, dirs, cfg.render, background, False, index)
     np.testing.assert_allclose(rendered.rgb[row, col], out.rgb.mean(0).numpy(), atol=1e-5)

@@ -88,7 +88,7 @@ def pixel_grid(height: int, width: int) -> np.ndarray:
     return np.stack([u, v], axis=-1)
 
 
-def pixel_rays(K: np.ndarray, cam_to_world: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pixel_rays_unit_z(K: np.ndarray, cam_to_world: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """World rays through pixel coordinates.
 
     Args:

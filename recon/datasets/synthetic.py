@@ -1,8 +1,8 @@
-"""Synthetic scenes rendered by recon itself: ground truth without a download.
+"""Synthetic scenes photographed by recon itself: ground truth without a download.
 
 The default object is built from an analytic signed distance function (a
 smooth body with grooves, bumps, a thin fin and a torus handle) and meshed
-with marching cubes. Any mesh is rendered by ray casting (open3d) into the
+with marching cubes. Any mesh is photographed by ray casting (open3d) into the
 DTU/IDR layout that :func:`recon.datasets.dtu.load_dtu` reads, together with
 masks, z-depth, world normals and the mesh itself.
 
@@ -29,8 +29,9 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from recon.datasets.cameras import look_at, pixel_grid, pixel_rays, projection_from
+from recon.datasets.cameras import look_at, pixel_grid, pixel_rays_unit_z, projection_from
 from recon.errors import InputError
+from recon.raycast import Raycaster, RayHits
 
 DEFAULT_WORLD_CENTRE = (0.3, -0.2, 2.0)
 DEFAULT_WORLD_SCALE = 50.0
@@ -153,11 +154,11 @@ def make_default_object(resolution: int = 256) -> trimesh.Trimesh:
     return mesh
 
 
-# ----------------------------------------------------------------------------- rendering
+# ----------------------------------------------------------------------------- photographs (ray cast)
 
 
 @dataclass
-class RenderedViews:
+class Photographs:
     """Views of a mesh in normalised coordinates.
 
     Attributes:
@@ -214,45 +215,33 @@ def albedo(p: np.ndarray) -> np.ndarray:
     return np.clip(patches * stripes[..., None], 0.08, 0.95)
 
 
-def _cast(scene, origins: np.ndarray, dirs: np.ndarray) -> dict[str, np.ndarray]:
-    import open3d as o3d
-
-    rays = np.concatenate([origins, dirs], axis=-1).reshape(-1, 6).astype(np.float32)
-    out = scene.cast_rays(o3d.core.Tensor(rays))
-    return {key: out[key].numpy() for key in ("t_hit", "primitive_ids", "primitive_uvs")}
-
-
-def _surface_normals(mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], ok: np.ndarray) -> np.ndarray:
-    """(M, 3) interpolated vertex normals at the hit rays ``ok``."""
-    tri = mesh.faces[hits["primitive_ids"][ok].astype(np.int64)]
-    uv = hits["primitive_uvs"][ok].astype(np.float64)
+def _surface_normals(mesh: trimesh.Trimesh, hits: RayHits) -> np.ndarray:
+    """(M, 3) interpolated vertex normals at the M rays of ``hits`` that hit."""
+    tri = mesh.faces[hits.face[hits.ok]]
+    uv = hits.uv[hits.ok]
     bary = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)
     n = np.einsum("mk,mkc->mc", bary, mesh.vertex_normals[tri])
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
-def _outward_normals(mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], ok: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+def _outward_normals(caster: Raycaster, hits: RayHits, dirs: np.ndarray) -> np.ndarray:
     """``_surface_normals`` turned to the camera's side of the surface the ray hit first (its face's
     normal decides): a mesh wound inward (negative volume, as some scans ship) gives the same cue
     as the same mesh wound outward, instead of normals that push the SDF inside out."""
-    n = _surface_normals(mesh, hits, ok)
-    face_normals = mesh.face_normals[hits["primitive_ids"][ok].astype(np.int64)]
-    away = np.einsum("mc,mc->m", face_normals, dirs[ok]) > 0
-    n[away] *= -1.0
+    n = _surface_normals(caster.mesh, hits)
+    n[caster.back_facing(hits, dirs)] *= -1.0
     return n
 
 
-def _shade(
-    mesh: trimesh.Trimesh, hits: dict[str, np.ndarray], origins: np.ndarray, dirs: np.ndarray
-) -> np.ndarray:
+def _shade(mesh: trimesh.Trimesh, hits: RayHits, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     """(M, 3) linear colour of each ray; black where it misses."""
-    t = hits["t_hit"]
-    ok = np.isfinite(t)
+    t = hits.t_hit
+    ok = hits.ok
     colour = np.zeros(dirs.shape, dtype=np.float64)
     if not ok.any():
         return colour
     points = origins[ok] + t[ok, None] * dirs[ok]
-    n = _surface_normals(mesh, hits, ok)
+    n = _surface_normals(mesh, hits)
     n = np.where((np.sum(n * dirs[ok], axis=1) > 0)[:, None], -n, n)  # face the camera
     light = AMBIENT + (1.0 - AMBIENT) * np.clip(n @ LIGHT_DIR, 0.0, None)
     colour[ok] = albedo(points) * light[:, None]
@@ -266,45 +255,39 @@ def _supersample_offsets(factor: int) -> np.ndarray:
     return np.stack([du.ravel(), dv.ravel()], axis=1)
 
 
-def _render_view(scene, mesh: trimesh.Trimesh, K: np.ndarray, pose: np.ndarray, size: int, factor: int):
+def _photograph_view(caster: Raycaster, K: np.ndarray, pose: np.ndarray, size: int, factor: int):
     uv = pixel_grid(size, size).reshape(-1, 2)
-    origins, dirs = pixel_rays(K, pose, uv)
-    centre = _cast(scene, origins, dirs)
-    ok = np.isfinite(centre["t_hit"])
-    depth = np.where(ok, centre["t_hit"], 0.0).astype(np.float32)
+    origins, dirs = pixel_rays_unit_z(K, pose, uv)
+    centre = caster.cast(origins, dirs)
+    ok = centre.ok
+    depth = np.where(ok, centre.t_hit, 0.0).astype(np.float32)
     normals = np.zeros((uv.shape[0], 3), dtype=np.float32)
-    normals[ok] = _outward_normals(mesh, centre, ok, dirs)
+    normals[ok] = _outward_normals(caster, centre, dirs)
     colour = np.zeros((uv.shape[0], 3))
     for offset in _supersample_offsets(factor):
-        o, d = pixel_rays(K, pose, uv + offset)
-        colour += _shade(mesh, _cast(scene, o, d), o, d)
+        o, d = pixel_rays_unit_z(K, pose, uv + offset)
+        colour += _shade(caster.mesh, caster.cast(o, d), o, d)
     rgb = np.clip(colour / factor**2, 0.0, 1.0) * 255.0 + 0.5
     shape = (size, size)
     rgb = rgb.astype(np.uint8).reshape(*shape, 3)
     return rgb, ok.reshape(shape), depth.reshape(shape), normals.reshape(*shape, 3)
 
 
-def render_views(
+def photograph_views(
     mesh: trimesh.Trimesh,
     n_views: int = 40,
     size: int = 96,
     seed: int = 0,
     fov_deg: float = 45.0,
     supersample: int = 2,
-) -> RenderedViews:
+) -> Photographs:
     """Ray-cast ``mesh`` (normalised units, centred on the origin) from cameras on a sphere."""
-    import open3d as o3d
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)),
-        o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32)),
-    )
+    caster = Raycaster(mesh)
     radius = float(np.linalg.norm(mesh.vertices, axis=1).max())
     intrinsics, poses = orbit_cameras(n_views, size, radius, seed, fov_deg)
-    views = [_render_view(scene, mesh, K, pose, size, supersample) for K, pose in zip(intrinsics, poses)]
+    views = [_photograph_view(caster, K, pose, size, supersample) for K, pose in zip(intrinsics, poses)]
     images, masks, depths, normals = (np.stack(v) for v in zip(*views))
-    return RenderedViews(images, masks, depths, normals, intrinsics, poses)
+    return Photographs(images, masks, depths, normals, intrinsics, poses)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -336,7 +319,7 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _world_mats(views: RenderedViews, scale_mat: np.ndarray) -> list[np.ndarray]:
+def _world_mats(views: Photographs, scale_mat: np.ndarray) -> list[np.ndarray]:
     """(4, 4) world-unit projection matrices ``[K [R|t]; 0 0 0 1]`` per view."""
     mats = []
     for K, pose in zip(views.intrinsics, views.cam_to_world):
@@ -349,7 +332,7 @@ def _world_mats(views: RenderedViews, scale_mat: np.ndarray) -> list[np.ndarray]
 
 
 def write_dtu_layout(
-    folder: Path, views: RenderedViews, scale_mat: np.ndarray, mesh_world: trimesh.Trimesh
+    folder: Path, views: Photographs, scale_mat: np.ndarray, mesh_world: trimesh.Trimesh
 ) -> None:
     """Write views (normalised) as a DTU/IDR scene in world units into ``folder``."""
     world_per_unit = float(abs(np.linalg.det(scale_mat[:3, :3])) ** (1.0 / 3.0))
@@ -390,7 +373,7 @@ def _to_normalised(mesh_world: trimesh.Trimesh, scale_mat: np.ndarray) -> trimes
     return trimesh.Trimesh(verts, np.asarray(mesh_world.faces), process=False)
 
 
-def render_scene(
+def photograph_scene(
     mesh_world: trimesh.Trimesh,
     out_dir: str | Path,
     n_views: int = 40,
@@ -401,20 +384,20 @@ def render_scene(
     supersample: int = 2,
     info: dict | None = None,
 ) -> np.ndarray:
-    """Render ``mesh_world`` into ``out_dir`` in the DTU/IDR layout, atomically.
+    """Photograph ``mesh_world`` into ``out_dir`` in the DTU/IDR layout, atomically.
 
     Writes ``cameras_sphere.npz``, ``image/``, ``mask/``, ``depth/`` (world
     z-depth), ``normal/``, ``gt_mesh.ply`` and ``synthetic.json``. Without a
     ``scale_mat`` the mesh's bounding box is fitted into a sphere of radius
     0.8. Returns the (4, 4) scale_mat used.
     """
-    _check_render_args(n_views, size, supersample)
+    _check_photo_args(n_views, size, supersample)
     out_dir = Path(out_dir)
     if scale_mat is None:
         scale_mat = normalisation_for(mesh_world)
     scale_mat = np.asarray(scale_mat, dtype=np.float64)
     with atomic_dir(out_dir) as tmp:
-        views = render_views(_to_normalised(mesh_world, scale_mat), n_views, size, seed, fov_deg, supersample)
+        views = photograph_views(_to_normalised(mesh_world, scale_mat), n_views, size, seed, fov_deg, supersample)
         write_dtu_layout(tmp, views, scale_mat, mesh_world)
         meta = dict(info or {}, n_views=n_views, size=size, seed=seed, fov_deg=fov_deg)
         meta["scale_mat"] = scale_mat.tolist()
@@ -422,7 +405,7 @@ def render_scene(
     return scale_mat
 
 
-def _check_render_args(n_views: int, size: int, supersample: int) -> None:
+def _check_photo_args(n_views: int, size: int, supersample: int) -> None:
     if n_views < 1:
         raise InputError("n_views", f"must be at least 1, got {n_views}")
     if size < 4:
@@ -481,7 +464,7 @@ def synthesize(
     seed: int = 0,
     mesh_resolution: int = 256,
 ) -> SynthReport:
-    """Render the default object, or the mesh at ``mesh_path``, into ``out_dir`` (DTU layout).
+    """Photograph the default object, or the mesh at ``mesh_path``, into ``out_dir`` (DTU layout).
 
     A user's mesh stays in its own units (the world frame); it is normalised by
     its bounding-box centre and half-diagonal so that it fits a sphere of radius
@@ -490,7 +473,7 @@ def synthesize(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     refuse_non_empty(out_dir)  # before the (slow) mesh is built
-    _check_render_args(n_views, size, 1)
+    _check_photo_args(n_views, size, 1)
     if mesh_path is None:
         scale_mat = default_scale_mat()
         mesh_world = make_default_object(mesh_resolution).apply_transform(scale_mat)
@@ -502,5 +485,5 @@ def synthesize(
     scale = float(scale_mat[0, 0])
     centre = tuple(float(c) for c in scale_mat[:3, 3])
     info = {"source": source, "centre": list(centre), "scale": scale}
-    render_scene(mesh_world, out_dir, n_views, size, seed, scale_mat=scale_mat, info=info)
+    photograph_scene(mesh_world, out_dir, n_views, size, seed, scale_mat=scale_mat, info=info)
     return SynthReport(out_dir, source, n_views, size, centre, scale, time.perf_counter() - start)

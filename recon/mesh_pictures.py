@@ -1,4 +1,4 @@
-"""Pictures of meshes without a display: ray cast with open3d's RaycastingScene.
+"""Pictures of meshes for the report, without a display: ray cast with :mod:`recon.raycast`.
 
 Cameras follow recon's convention (OpenCV: x right, y down, z forward; pinhole
 ``K``, pose ``cam_to_world``), in the meshes' world units. Two kinds of image:
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
-from recon.datasets.cameras import look_at, pixel_grid, pixel_rays
+from recon.datasets.cameras import look_at, pixel_grid, pixel_rays_unit_z
+from recon.raycast import Raycaster
 
 BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
 
@@ -74,24 +75,17 @@ class Hits:
 
 def cast(mesh: trimesh.Trimesh, camera: Camera) -> Hits:
     """Ray cast every pixel of ``camera`` against ``mesh``."""
-    import open3d as o3d
-
-    scene = o3d.t.geometry.RaycastingScene()
-    if len(mesh.faces):
-        scene.add_triangles(o3d.core.Tensor(np.asarray(mesh.vertices, dtype=np.float32)),
-                            o3d.core.Tensor(np.asarray(mesh.faces, dtype=np.uint32)))
     uv = pixel_grid(camera.size, camera.size).reshape(-1, 2)
-    origins, dirs = pixel_rays(camera.K, camera.cam_to_world, uv)
+    origins, dirs = pixel_rays_unit_z(camera.K, camera.cam_to_world, uv)
     dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
-    out = scene.cast_rays(o3d.core.Tensor(np.concatenate([origins, dirs], axis=1).astype(np.float32)))
-    t = out["t_hit"].numpy().astype(np.float64)
-    ok = np.isfinite(t)
+    caster = Raycaster(mesh)
+    hits = caster.cast(origins, dirs)
+    ok = hits.ok
     normals = np.zeros_like(dirs)
     if ok.any():
-        normals[ok] = np.asarray(mesh.face_normals)[out["primitive_ids"].numpy()[ok].astype(np.int64)]
-        flip = np.einsum("ij,ij->i", normals[ok], dirs[ok]) > 0
-        normals[np.flatnonzero(ok)[flip]] *= -1.0
-    points = origins + np.where(ok, t, 0.0)[:, None] * dirs
+        normals[ok] = caster.face_normals(hits)
+        normals[np.flatnonzero(ok)[caster.back_facing(hits, dirs)]] *= -1.0
+    points = origins + np.where(ok, hits.t_hit, 0.0)[:, None] * dirs
     return Hits(ok, points, normals, dirs)
 
 
@@ -110,16 +104,11 @@ def distance_image(mesh: trimesh.Trimesh, reference: trimesh.Trimesh, camera: Ca
                    cmap: str = "inferno") -> np.ndarray:
     """(S, S, 3) uint8: each visible point's distance to ``reference`` through ``cmap`` on [0, vmax], lit."""
     import matplotlib
-    import open3d as o3d
 
     hits = cast(mesh, camera)
     values = np.zeros(len(hits.ok))
     if hits.ok.any():
-        ref = o3d.t.geometry.RaycastingScene()
-        ref.add_triangles(o3d.core.Tensor(np.asarray(reference.vertices, dtype=np.float32)),
-                          o3d.core.Tensor(np.asarray(reference.faces, dtype=np.uint32)))
-        query = o3d.core.Tensor(hits.points[hits.ok].astype(np.float32))
-        values[hits.ok] = ref.compute_distance(query).numpy()
+        values[hits.ok] = Raycaster(reference).distance(hits.points[hits.ok])
     colours = matplotlib.colormaps[cmap](np.clip(values / vmax, 0.0, 1.0))[:, :3]
     shade = 0.55 + 0.45 * np.clip(-np.einsum("ij,ij->i", hits.normals, hits.dirs), 0.0, 1.0)
     return _compose(colours * shade[:, None] * 255.0, hits.ok, camera.size)
