@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from recon.config import EncodingConfig, FieldConfig
-from recon.encodings import GridEncoding, make_encoding, matched_dense_resolution
+from recon.encodings import TorchGridEncoding, make_encoding, matched_dense_resolution
 from recon.errors import InputError
 
 
@@ -134,7 +134,7 @@ def sdf_grid_resolution(cfg: EncodingConfig) -> int:
 class SDFGridNetwork(nn.Module):
     """MonoSDF's dense SDF grid arm: the SDF itself at R^3 vertices, trilinear, no geometry MLP.
 
-    Storage is a one-level dense ``GridEncoding`` with one feature (its hand-written first
+    Storage is a one-level dense ``TorchGridEncoding`` with one feature (its hand-written first
     and second derivatives serve the eikonal loss). Vertex ``i`` of an axis sits at
     ``scene_radius (2 (i - 0.5) / (R - 2) - 1)``: half a cell beyond the box on each side,
     so every point of the box interpolates stored vertices (none wrap around). Values are
@@ -150,8 +150,8 @@ class SDFGridNetwork(nn.Module):
         resolution = sdf_grid_resolution(encoding_cfg)
         if resolution < 4:
             raise InputError("encoding.sdf_resolution", f"must be at least 4 (or 0: parameter-matched), got {resolution}")
-        storage = dataclasses.replace(encoding_cfg, type="densegrid", dense_resolution=resolution, dense_features=1)
-        self.encoding = GridEncoding(storage)
+        storage = dataclasses.replace(encoding_cfg, dense_resolution=resolution, dense_features=1)
+        self.encoding = TorchGridEncoding(storage, "densegrid")
         self.cfg = cfg
         self.resolution = resolution
         self.scene_radius = scene_radius
@@ -226,7 +226,7 @@ def make_geometry(
     if encoding_cfg.type == "mlp":
         shape = MLPShape(encoding_cfg.mlp_hidden_dim, encoding_cfg.mlp_n_hidden_layers, encoding_cfg.mlp_skip_layer)
         return SDFNetwork(field_cfg, None, scene_radius, shape)
-    return SDFNetwork(field_cfg, make_encoding(encoding_cfg, device), scene_radius)
+    return SDFNetwork(field_cfg, make_encoding(encoding_cfg, encoding_cfg.type, device), scene_radius)
 
 
 class NeuralSDF(nn.Module):

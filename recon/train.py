@@ -17,7 +17,7 @@ from tqdm import tqdm
 from recon.config import Config, config_from_dict, config_to_dict
 from recon.datasets import load_scene
 from recon.datasets.scene import Scene
-from recon.encodings.grid import hash_grid_levels
+from recon.encodings.layout import hash_grid_levels
 from recon.errors import InputError
 from recon.fields import NeuralSDF
 from recon.io import atomic_path, write_json_atomic, write_text_atomic
