@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -404,6 +406,45 @@ def test_tcnn_config_mapping() -> None:
     assert dense["base_resolution"] == 115 and dense["n_features_per_level"] == 8
     assert dense["interpolation"] == "Linear"
     assert issubclass(TcnnGridEncoding, torch.nn.Module)
+
+
+def fake_tinycudann(reference: TorchGridEncoding) -> types.ModuleType:
+    """A stand-in for ``tinycudann`` (which needs CUDA): its ``Encoding`` has tiny-cuda-nn's
+    surface (a flat ``params`` table, ``n_output_dims``) and interpolates like ``reference``."""
+
+    class Encoding(torch.nn.Module):
+        def __init__(self, n_input_dims: int, encoding_config: dict, dtype: torch.dtype) -> None:
+            super().__init__()
+            self.params = torch.nn.Parameter(torch.zeros(reference.n_params(), dtype=dtype))
+            self.n_output_dims = reference.out_dim
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(reference, {"params": self.params}, (x,))
+
+    module = types.ModuleType("tinycudann")
+    module.Encoding = Encoding
+    return module
+
+
+def test_tcnn_state_dict_is_the_one_shared_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tcnn backend registers its table once, as ``params``: checkpoints move between backends."""
+    torch.manual_seed(5)
+    ref = TorchGridEncoding(SMALL, "hashgrid")
+    monkeypatch.setitem(sys.modules, "tinycudann", fake_tinycudann(ref))
+    monkeypatch.setattr(TcnnGridEncoding, "unavailable", classmethod(lambda cls, device: None))  # CPU, here
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    enc = TcnnGridEncoding(SMALL, "hashgrid", "cpu")
+    assert enc.state_dict().keys() == {"params"}
+    assert [name for name, _ in enc.named_parameters()] == ["params"] and not list(enc.children())
+    assert enc.state_dict()["params"].shape == ref.state_dict()["params"].shape
+    enc.load_state_dict(ref.state_dict())
+    x = torch.rand(40, 3, requires_grad=True)
+    torch.testing.assert_close(enc(x), ref(x))  # tiny-cuda-nn's forward reads the loaded, shared table
+    enc(x).square().sum().backward()
+    assert enc.params.grad is not None and enc.params.grad.abs().sum() > 0
+    enc.load_state_dict({"params": torch.zeros_like(enc.params)}, assign=True)  # a new Parameter object
+    assert enc(x).abs().max() == 0
+    ref.load_state_dict(enc.state_dict())
 
 
 def test_importing_never_imports_tinycudann() -> None:

@@ -5,7 +5,8 @@
 ``ImportError`` when it is not installed); both count as "unavailable".
 
 The table is the base class's ``params``, handed to the ``tinycudann.Encoding`` in place of
-its own.
+its own; that module is kept out of the module tree, so ``state_dict()`` holds ``params``
+alone, as with every other backend.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+from torch import nn
 
 from recon.config import EncodingConfig
 from recon.encodings.base import GridEncoding
@@ -74,7 +76,7 @@ class TcnnGridEncoding(GridEncoding):
                 f"recon {self.n_params()} and {self.out_dim}"
             )
         native.params = self.params  # its forward reads the shared table
-        self.encoding = native
+        self._native: tuple[nn.Module] = (native,)  # a tuple: not a submodule, so no second state_dict key
 
     @classmethod
     def unavailable(cls, device: torch.device) -> str | None:
@@ -91,4 +93,7 @@ class TcnnGridEncoding(GridEncoding):
 
     def _encode(self, points: torch.Tensor) -> torch.Tensor:
         """(N, 3) float32 points -> (N, out_dim) float32 features."""
-        return self.encoding(points).float()
+        native = self._native[0]
+        if native.params is not self.params:  # replaced since (load_state_dict(assign=True), ...)
+            native.params = self.params
+        return native(points).float()
