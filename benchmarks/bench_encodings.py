@@ -38,8 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from recon.config import EncodingConfig  # noqa: E402
-from recon.encodings import FusedGridEncoding, GridEncoding, fused, matched_dense_resolution  # noqa: E402
-from recon.encodings.grid import _corner_indices, _index_dtype  # noqa: E402
+from recon.encodings import FusedGridEncoding, GridEncoding, TorchGridEncoding, matched_dense_resolution  # noqa: E402
+from recon.encodings import cpp_build, fused  # noqa: E402
+from recon.encodings.torch_backend import _corner_indices, _index_dtype  # noqa: E402
 
 PASSES = ("forward", "forward+backward", "eikonal", "train step")
 
@@ -85,14 +86,14 @@ def workloads(enc: GridEncoding, x: torch.Tensor) -> dict[str, Callable[[], None
 
 def floor_steps(enc: GridEncoding, x: torch.Tensor, threads: int) -> tuple[Callable[[], None], Callable[[], None]]:
     """(gather, scatter): every corner row of every level read once, and added to once."""
-    plan, n_features = enc.plan, enc.n_features
+    grid, n_features = enc.grid, enc.n_features
     table = enc.params.detach()
     word = {4: torch.int32, 8: torch.int64}.get(n_features * 4)
     jobs = []
-    for level in plan.levels:
+    for level in grid.levels:
         cell = (x.t() * level.scale + 0.5).floor().to(_index_dtype(level))
         idx = _corner_indices(cell, level).reshape(-1).long()
-        rows = plan.level_table(table, level)
+        rows = grid.level_table(table, level)
         jobs.append((rows.view(word).view(-1) if word else rows, idx, torch.zeros_like(rows)))
     src = torch.randn(len(jobs[0][1]), n_features)
     pool = ThreadPoolExecutor(threads)
@@ -118,7 +119,7 @@ def scatter_strategies(enc: FusedGridEncoding, x: torch.Tensor, repeats: int, cl
     ggx = torch.randn(len(x), 3)
     times = {}
     for mode in ("owned", "atomic"):
-        kernel = fused._Kernel(enc._layout_key, mode)
+        kernel = fused._Kernel(enc.grid, mode)
         times[mode] = best_ms(lambda k=kernel: k.scatter(x, go, [(ggx, go)]), repeats, clock)
     return times
 
@@ -139,10 +140,10 @@ def main() -> None:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.manual_seed(0)
     x = torch.rand(args.points, 3)
-    dense_cfg = EncodingConfig(type="densegrid")
-    configs = {"hashgrid": EncodingConfig(type="hashgrid"), f"densegrid R={matched_dense_resolution(dense_cfg)}": dense_cfg}
-    if fused.load_extension() is None:
-        sys.exit(f"the fused kernel could not be built: {fused.extension_failure()}")
+    cfg = EncodingConfig()
+    grids = {"hashgrid": "hashgrid", f"densegrid R={matched_dense_resolution(cfg)}": "densegrid"}
+    if cpp_build.load_extension() is None:
+        sys.exit(f"the fused kernel could not be built: {cpp_build.extension_failure()}")
     threads = torch.get_num_threads()
     print(
         f"torch {torch.__version__}, {threads} threads, {args.points:,} points, best of {args.repeats}, "
@@ -150,9 +151,9 @@ def main() -> None:
     )
     print(f"{'encoding':<16} {'impl':<6} | " + " | ".join(f"{name:>21}" for name in PASSES))
     strategies = {}
-    for name, cfg in configs.items():
-        reference = GridEncoding(cfg)
-        fast = FusedGridEncoding(cfg)
+    for name, kind in grids.items():
+        reference = TorchGridEncoding(cfg, kind)
+        fast = FusedGridEncoding(cfg, kind)
         fast.load_state_dict(reference.state_dict())
         for impl, enc in (("fused", fast), ("torch", reference)):
             cells = [cell(best_ms(step, args.repeats, clock), args.points) for step in workloads(enc, x).values()]

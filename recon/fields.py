@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from recon.config import ColorConfig, EncodingConfig, GeometryConfig
-from recon.encodings import GridEncoding, make_encoding, matched_dense_resolution
-from recon.encodings.grid import hash_grid_levels
+from recon.encodings import GridEncoding, TorchGridEncoding, make_encoding, matched_dense_resolution
+from recon.encodings.layout import hash_grid_levels
 from recon.errors import InputError
 
 
@@ -179,7 +179,7 @@ def sdf_grid_resolution(geometry: GeometryConfig, encoding: EncodingConfig) -> i
 class SDFGridNetwork(nn.Module):
     """MonoSDF's dense SDF grid arm: the SDF itself at R^3 vertices, trilinear, no geometry MLP.
 
-    Storage is a one-level dense grid encoding with one feature (its hand-written first
+    Storage is a one-level dense ``TorchGridEncoding`` with one feature (its hand-written first
     and second derivatives serve the eikonal loss). Vertex ``i`` of an axis sits at
     ``scene_radius (2 (i - 0.5) / (R - 2) - 1)``: half a cell beyond the box on each side,
     so every point of the box interpolates stored vertices (none wrap around). Values are
@@ -197,8 +197,8 @@ class SDFGridNetwork(nn.Module):
             raise InputError(
                 "geometry.sdf_grid_resolution", f"must be at least 4 (or 0: parameter-matched), got {resolution}"
             )
-        storage = dataclasses.replace(encoding_cfg, dense_resolution=resolution, dense_features=1, backend="torch")
-        self.encoding = make_encoding(storage, "densegrid", "cpu")
+        storage = dataclasses.replace(encoding_cfg, dense_resolution=resolution, dense_features=1)
+        self.encoding = TorchGridEncoding(storage, "densegrid")
         self.cfg = cfg
         self.resolution = resolution
         self.scene_radius = scene_radius

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ import torch
 from recon.errors import InputError
 
 from recon.config import EncodingConfig
-from recon.encodings import GridEncoding, grid, make_encoding, matched_dense_resolution
+from recon.encodings import GridEncoding, TorchGridEncoding, make_encoding, matched_dense_resolution, torch_backend
+from recon.encodings import workers as pool
 from recon.encodings.tcnn_backend import TcnnGridEncoding, tcnn_encoding_config
 
 UINT32 = 0xFFFFFFFF
@@ -65,9 +68,9 @@ def encode_np(enc: GridEncoding, x: torch.Tensor) -> np.ndarray:
         return enc(x).numpy()
 
 
-def arange_encoding(cfg: EncodingConfig) -> GridEncoding:
+def arange_encoding(cfg: EncodingConfig, kind: str = "hashgrid") -> GridEncoding:
     """Encoding in float64 whose table holds 0, 1, 2, ... (so values name their row)."""
-    enc = GridEncoding(cfg).double()
+    enc = TorchGridEncoding(cfg, kind).double()
     with torch.no_grad():
         enc.params.copy_(torch.arange(enc.n_params(), dtype=torch.float64))
     return enc
@@ -82,7 +85,7 @@ def vertex_point(ijk: tuple[int, int, int], scale: float) -> torch.Tensor:
 
 
 def test_monosdf_default_layout() -> None:
-    enc = GridEncoding(EncodingConfig())
+    enc = TorchGridEncoding(EncodingConfig(), "hashgrid")
     layout = enc.layout()
     assert enc.n_params() == 12_196_240
     assert enc.out_dim == 32
@@ -99,7 +102,7 @@ def test_monosdf_default_layout() -> None:
 
 
 def test_tiny_layout_is_dense_then_hashed() -> None:
-    enc = GridEncoding(TINY)
+    enc = TorchGridEncoding(TINY, "hashgrid")
     layout = enc.layout()
     assert enc.describe().splitlines()[1:] == [
         "    0     3     2.000        32         0  dense",
@@ -156,7 +159,7 @@ def test_far_face_corners_wrap_like_tiny_cuda_nn() -> None:
 @pytest.mark.parametrize("cfg", [SMALL, EncodingConfig()], ids=["small", "monosdf"])
 def test_matches_reference_on_random_points(cfg: EncodingConfig) -> None:
     torch.manual_seed(0)
-    enc = GridEncoding(cfg)
+    enc = TorchGridEncoding(cfg, "hashgrid")
     with torch.no_grad():
         enc.params.uniform_(-1, 1)
     x = torch.cat([torch.rand(24, 3), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.5]])])
@@ -165,16 +168,16 @@ def test_matches_reference_on_random_points(cfg: EncodingConfig) -> None:
 
 def test_smoothstep_matches_reference() -> None:
     torch.manual_seed(1)
-    enc = GridEncoding(EncodingConfig(**{**vars(SMALL), "interpolation": "smoothstep"})).double()
+    enc = TorchGridEncoding(EncodingConfig(**{**vars(SMALL), "interpolation": "smoothstep"}), "hashgrid").double()
     x = torch.rand(30, 3, dtype=torch.float64)
     np.testing.assert_allclose(encode_np(enc, x), reference_encode(enc, x.numpy(), smooth=True), rtol=0, atol=1e-12)
-    linear = GridEncoding(SMALL).double()
+    linear = TorchGridEncoding(SMALL, "hashgrid").double()
     linear.load_state_dict(enc.state_dict())
     assert not torch.allclose(enc(x), linear(x))
 
 
 def test_points_outside_the_cube_are_clamped() -> None:
-    enc = GridEncoding(SMALL).double()
+    enc = TorchGridEncoding(SMALL, "hashgrid").double()
     x = torch.tensor([[-0.5, 0.3, 1.7], [2.0, -1.0, 0.5]], dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(enc(x), enc(x.detach().clamp(0, 1)))
     (grad,) = torch.autograd.grad(enc(x).sum(), x)
@@ -182,7 +185,7 @@ def test_points_outside_the_cube_are_clamped() -> None:
 
 
 def test_shapes_and_input_checks() -> None:
-    enc = GridEncoding(SMALL)
+    enc = TorchGridEncoding(SMALL, "hashgrid")
     assert enc(torch.rand(2, 5, 3)).shape == (2, 5, enc.out_dim)
     assert enc(torch.rand(0, 3)).shape == (0, enc.out_dim)
     with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
@@ -193,19 +196,19 @@ def test_shapes_and_input_checks() -> None:
 
 
 def test_matched_dense_resolution_for_monosdf_defaults() -> None:
-    cfg = EncodingConfig(type="densegrid")
+    cfg = EncodingConfig()
     r = matched_dense_resolution(cfg)
     target = 12_196_240
     assert r == 115  # 115^3 * 8 = 12,167,000
     assert all(abs(r**3 * 8 - target) <= abs(q**3 * 8 - target) for q in range(2, 300))
-    enc = GridEncoding(cfg)
+    enc = TorchGridEncoding(cfg, "densegrid")
     assert [(lv.scale, lv.resolution, lv.hashed) for lv in enc.layout()] == [(114.0, 115, False)]
     assert enc.n_params() == (115**3 + 7) // 8 * 8 * 8 and enc.out_dim == 8
 
 
 def test_dense_grid_explicit_resolution_and_values() -> None:
-    cfg = EncodingConfig(type="densegrid", dense_resolution=5, dense_features=3, init_scale=1.0)
-    enc = arange_encoding(cfg)
+    cfg = EncodingConfig(dense_resolution=5, dense_features=3, init_scale=1.0)
+    enc = arange_encoding(cfg, "densegrid")
     assert enc.n_params() == 128 * 3 and enc.out_dim == 3  # 125 -> 128 rows
     out = enc(vertex_point((4, 0 + 1, 2), 4.0))  # row 4 + 1*5 + 2*25 = 59
     assert out[0].tolist() == [177.0, 178.0, 179.0]
@@ -215,13 +218,11 @@ def test_dense_grid_explicit_resolution_and_values() -> None:
 
 # ---------------------------------------------------------------------------------- gradients
 
-GRAD_CONFIGS = {
-    "hash-linear": SMALL,
-    "hash-smoothstep": EncodingConfig(**{**vars(SMALL), "interpolation": "smoothstep"}),
-    "dense": EncodingConfig(type="densegrid", dense_resolution=4, dense_features=3, init_scale=1.0),
-    "dense-smoothstep": EncodingConfig(
-        type="densegrid", dense_resolution=4, dense_features=1, interpolation="smoothstep"
-    ),
+GRAD_CONFIGS = {  # name: (config, grid kind)
+    "hash-linear": (SMALL, "hashgrid"),
+    "hash-smoothstep": (EncodingConfig(**{**vars(SMALL), "interpolation": "smoothstep"}), "hashgrid"),
+    "dense": (EncodingConfig(dense_resolution=4, dense_features=3, init_scale=1.0), "densegrid"),
+    "dense-smoothstep": (EncodingConfig(dense_resolution=4, dense_features=1, interpolation="smoothstep"), "densegrid"),
 }
 
 
@@ -233,7 +234,7 @@ def functional(enc: GridEncoding):
 @pytest.mark.parametrize("name", list(GRAD_CONFIGS))
 def test_gradcheck_and_gradgradcheck(name: str) -> None:
     torch.manual_seed(2)
-    enc = GridEncoding(GRAD_CONFIGS[name]).double()
+    enc = TorchGridEncoding(*GRAD_CONFIGS[name]).double()
     with torch.no_grad():
         enc.params.uniform_(-1, 1)
     x = (torch.rand(6, 3, dtype=torch.float64) * 0.9 + 0.05).requires_grad_(True)
@@ -291,17 +292,17 @@ def test_eikonal_double_backward_matches_autograd_twin(
     """
     torch.manual_seed(3)
     cfg = EncodingConfig(n_levels=4, base_resolution=4, finest_resolution=32, log2_hashmap_size=8, init_scale=1.0)
-    enc = GridEncoding(cfg).double()
+    enc = TorchGridEncoding(cfg, "hashgrid").double()
     x0 = torch.rand(200, 3, dtype=torch.float64) * 1.1 - 0.05  # a few outside, clamped
     mlp = torch.nn.Sequential(torch.nn.Linear(enc.out_dim, 16), torch.nn.Softplus(beta=10), torch.nn.Linear(16, 1))
     head = mlp.double() if head_kind == "mlp" else torch.nn.Linear(enc.out_dim, 1).double()
     terms_seen: list[int] = []
-    scatter = grid._scatter_add
+    scatter = torch_backend._scatter_add
     def spy(grad: torch.Tensor, idx: torch.Tensor, terms: list, workers: object = None) -> None:
         terms_seen.append(len(terms))
         scatter(grad, idx, terms, workers)
 
-    monkeypatch.setattr(grid, "_scatter_add", spy)
+    monkeypatch.setattr(torch_backend, "_scatter_add", spy)
 
     def step_grads(fn):
         x = x0.clone().requires_grad_(True)
@@ -327,11 +328,11 @@ def test_eikonal_double_backward_matches_autograd_twin(
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("cfg", [SMALL, GRAD_CONFIGS["dense"]], ids=["levels", "features"])
-def test_worker_threads_give_the_same_numbers(cfg: EncodingConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("spec", [GRAD_CONFIGS["hash-linear"], GRAD_CONFIGS["dense"]], ids=["levels", "features"])
+def test_worker_threads_give_the_same_numbers(spec: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     """Level-parallel (and, for one level, feature-parallel) passes match the inline ones."""
     torch.manual_seed(4)
-    enc = GridEncoding(cfg)
+    enc = TorchGridEncoding(*spec)
     with torch.no_grad():
         enc.params.uniform_(-1, 1)
     head = torch.randn(enc.out_dim)
@@ -351,8 +352,8 @@ def test_worker_threads_give_the_same_numbers(cfg: EncodingConfig, monkeypatch: 
     torch.set_num_threads(2)
     try:
         threaded = step()
-        assert grid._workers is not None and torch.get_num_threads() == 2
-        monkeypatch.setattr(grid, "_MIN_POINTS_FOR_WORKERS", 10**9)
+        assert pool._workers is not None and torch.get_num_threads() == 2
+        monkeypatch.setattr(pool, "_MIN_POINTS_FOR_WORKERS", 10**9)
         inline = step()
     finally:
         torch.set_num_threads(threads)
@@ -361,7 +362,7 @@ def test_worker_threads_give_the_same_numbers(cfg: EncodingConfig, monkeypatch: 
 
 
 def test_gradient_only_where_asked() -> None:
-    enc = GridEncoding(SMALL)
+    enc = TorchGridEncoding(SMALL, "hashgrid")
     x = torch.rand(10, 3, requires_grad=True)
     (gx,) = torch.autograd.grad(enc(x).sum(), x)
     assert enc.params.grad is None and gx.shape == (10, 3)
@@ -376,22 +377,22 @@ def test_gradient_only_where_asked() -> None:
 
 
 def test_factory_picks_torch_on_cpu() -> None:
-    enc = make_encoding(EncodingConfig(backend="torch"), torch.device("cpu"))
-    assert type(enc) is GridEncoding
-    dense = make_encoding(EncodingConfig(type="densegrid", backend="torch"), torch.device("cpu"))
-    assert type(dense) is GridEncoding and dense.out_dim == 8
-    # auto on the CPU: the fused kernel (a GridEncoding) or, when it cannot be built, GridEncoding itself
-    assert isinstance(make_encoding(EncodingConfig(backend="auto"), torch.device("cpu")), GridEncoding)
+    enc = make_encoding(EncodingConfig(backend="torch"), "hashgrid", torch.device("cpu"))
+    assert type(enc) is TorchGridEncoding
+    dense = make_encoding(EncodingConfig(backend="torch"), "densegrid", torch.device("cpu"))
+    assert type(dense) is TorchGridEncoding and dense.out_dim == 8
+    # auto on the CPU: the fused kernel or, when it cannot be built, the pure-PyTorch one (both GridEncodings)
+    assert isinstance(make_encoding(EncodingConfig(backend="auto"), "hashgrid", torch.device("cpu")), GridEncoding)
 
 
 def test_factory_tcnn_on_cpu_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="tcnn"):
-        make_encoding(EncodingConfig(backend="tcnn"), torch.device("cpu"))
+        make_encoding(EncodingConfig(backend="tcnn"), "hashgrid", torch.device("cpu"))
 
 
 def test_tcnn_config_mapping() -> None:
     cfg = EncodingConfig(interpolation="smoothstep")
-    assert tcnn_encoding_config(cfg) == {
+    assert tcnn_encoding_config(cfg, "hashgrid") == {
         "otype": "HashGrid",
         "n_levels": 16,
         "n_features_per_level": 2,
@@ -400,11 +401,50 @@ def test_tcnn_config_mapping() -> None:
         "per_level_scale": cfg.per_level_scale,
         "interpolation": "Smoothstep",
     }
-    dense = tcnn_encoding_config(EncodingConfig(type="densegrid"))
+    dense = tcnn_encoding_config(EncodingConfig(), "densegrid")
     assert dense["otype"] == "DenseGrid" and dense["n_levels"] == 1
     assert dense["base_resolution"] == 115 and dense["n_features_per_level"] == 8
     assert dense["interpolation"] == "Linear"
     assert issubclass(TcnnGridEncoding, torch.nn.Module)
+
+
+def fake_tinycudann(reference: TorchGridEncoding) -> types.ModuleType:
+    """A stand-in for ``tinycudann`` (which needs CUDA): its ``Encoding`` has tiny-cuda-nn's
+    surface (a flat ``params`` table, ``n_output_dims``) and interpolates like ``reference``."""
+
+    class Encoding(torch.nn.Module):
+        def __init__(self, n_input_dims: int, encoding_config: dict, dtype: torch.dtype) -> None:
+            super().__init__()
+            self.params = torch.nn.Parameter(torch.zeros(reference.n_params(), dtype=dtype))
+            self.n_output_dims = reference.out_dim
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(reference, {"params": self.params}, (x,))
+
+    module = types.ModuleType("tinycudann")
+    module.Encoding = Encoding
+    return module
+
+
+def test_tcnn_state_dict_is_the_one_shared_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tcnn backend registers its table once, as ``params``: checkpoints move between backends."""
+    torch.manual_seed(5)
+    ref = TorchGridEncoding(SMALL, "hashgrid")
+    monkeypatch.setitem(sys.modules, "tinycudann", fake_tinycudann(ref))
+    monkeypatch.setattr(TcnnGridEncoding, "unavailable", classmethod(lambda cls, device: None))  # CPU, here
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    enc = TcnnGridEncoding(SMALL, "hashgrid", "cpu")
+    assert enc.state_dict().keys() == {"params"}
+    assert [name for name, _ in enc.named_parameters()] == ["params"] and not list(enc.children())
+    assert enc.state_dict()["params"].shape == ref.state_dict()["params"].shape
+    enc.load_state_dict(ref.state_dict())
+    x = torch.rand(40, 3, requires_grad=True)
+    torch.testing.assert_close(enc(x), ref(x))  # tiny-cuda-nn's forward reads the loaded, shared table
+    enc(x).square().sum().backward()
+    assert enc.params.grad is not None and enc.params.grad.abs().sum() > 0
+    enc.load_state_dict({"params": torch.zeros_like(enc.params)}, assign=True)  # a new Parameter object
+    assert enc(x).abs().max() == 0
+    ref.load_state_dict(enc.state_dict())
 
 
 def test_importing_never_imports_tinycudann() -> None:
@@ -412,7 +452,7 @@ def test_importing_never_imports_tinycudann() -> None:
         "import sys, torch\n"
         "import recon.encodings\n"
         "from recon.config import EncodingConfig\n"
-        "recon.encodings.make_encoding(EncodingConfig(backend='auto'), torch.device('cpu'))\n"
+        "recon.encodings.make_encoding(EncodingConfig(backend='auto'), 'hashgrid', torch.device('cpu'))\n"
         "assert 'tinycudann' not in sys.modules, 'tinycudann was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

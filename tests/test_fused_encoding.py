@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from recon.config import EncodingConfig
-from recon.encodings import FusedGridEncoding, GridEncoding, fused, make_encoding
+from recon.encodings import FusedGridEncoding, GridEncoding, TorchGridEncoding, cpp_build, fused, make_encoding
 from recon.errors import InputError
 
 if shutil.which(os.environ.get("CXX", "c++")) is None:
@@ -21,12 +21,12 @@ if shutil.which(os.environ.get("CXX", "c++")) is None:
 
 # 4 levels (resolutions 3..24), 2^8 rows: levels 0-1 dense, 2-3 hashed.
 HASH = EncodingConfig(n_levels=4, base_resolution=3, finest_resolution=24, log2_hashmap_size=8, init_scale=1.0)
-CONFIGS = {
-    "hashgrid": HASH,
-    "hashgrid-smoothstep": EncodingConfig(**{**HASH.__dict__, "interpolation": "smoothstep"}),
-    "hashgrid-F4": EncodingConfig(**{**HASH.__dict__, "n_features_per_level": 4}),
-    "densegrid": EncodingConfig(type="densegrid", dense_resolution=11, dense_features=8, init_scale=1.0),
-    "densegrid-F3": EncodingConfig(type="densegrid", dense_resolution=7, dense_features=3, init_scale=1.0),
+CONFIGS = {  # name: (config, grid kind)
+    "hashgrid": (HASH, "hashgrid"),
+    "hashgrid-smoothstep": (EncodingConfig(**{**HASH.__dict__, "interpolation": "smoothstep"}), "hashgrid"),
+    "hashgrid-F4": (EncodingConfig(**{**HASH.__dict__, "n_features_per_level": 4}), "hashgrid"),
+    "densegrid": (EncodingConfig(dense_resolution=11, dense_features=8, init_scale=1.0), "densegrid"),
+    "densegrid-F3": (EncodingConfig(dense_resolution=7, dense_features=3, init_scale=1.0), "densegrid"),
 }
 N_POINTS = 3000  # enough for several parallel chunks
 
@@ -34,14 +34,14 @@ N_POINTS = 3000  # enough for several parallel chunks
 @pytest.fixture(scope="module", autouse=True)
 def extension() -> None:
     """Build (or load the cached) kernel; with a compiler present the build must succeed."""
-    assert fused.load_extension() is not None, f"build failed: {fused.extension_failure()}"
+    assert cpp_build.load_extension() is not None, f"build failed: {cpp_build.extension_failure()}"
 
 
-def twins(cfg: EncodingConfig, seed: int) -> tuple[GridEncoding, FusedGridEncoding]:
+def twins(cfg: EncodingConfig, kind: str, seed: int) -> tuple[GridEncoding, FusedGridEncoding]:
     """Reference and fused encodings sharing one random table."""
     torch.manual_seed(seed)
-    ref = GridEncoding(cfg)
-    fast = FusedGridEncoding(cfg)
+    ref = TorchGridEncoding(cfg, kind)
+    fast = FusedGridEncoding(cfg, kind)
     fast.load_state_dict(ref.state_dict())  # the same parameter, the same layout
     return ref, fast
 
@@ -73,7 +73,7 @@ def run_pass(enc: GridEncoding, x: torch.Tensor, head: torch.Tensor, second_orde
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "eikonal"])
 def test_matches_reference(name: str, second_order: bool) -> None:
-    ref, fast = twins(CONFIGS[name], seed=len(name))
+    ref, fast = twins(*CONFIGS[name], seed=len(name))
     if name == "hashgrid":
         assert [lv.hashed for lv in ref.layout()] == [False, False, True, True]
     x = random_points(seed=7)
@@ -85,7 +85,7 @@ def test_matches_reference(name: str, second_order: bool) -> None:
 @pytest.mark.parametrize("name", ["hashgrid", "densegrid"])
 def test_training_step_merged_scatter_matches_reference(name: str) -> None:
     """Features loss + eikonal loss in one backward: both table gradients in one scatter."""
-    ref, fast = twins(CONFIGS[name], seed=3)
+    ref, fast = twins(*CONFIGS[name], seed=3)
     x = random_points(seed=11)
     head = torch.randn(ref.out_dim)
     grads = []
@@ -102,7 +102,7 @@ def test_training_step_merged_scatter_matches_reference(name: str) -> None:
 
 def test_table_gradient_is_differentiable() -> None:
     """A loss on the table gradient (create_graph) back to the output gradient and the points."""
-    ref, fast = twins(HASH, seed=5)
+    ref, fast = twins(HASH, "hashgrid", seed=5)
     x = random_points(seed=13, n=600)
     results = []
     for enc in (ref, fast):
@@ -117,10 +117,10 @@ def test_table_gradient_is_differentiable() -> None:
 @pytest.mark.parametrize("name", ["hashgrid", "densegrid"])
 def test_scatter_strategies_agree(name: str) -> None:
     """Rows owned by one thread each and atomic adds give the same table gradient."""
-    _, fast = twins(CONFIGS[name], seed=2)
+    _, fast = twins(*CONFIGS[name], seed=2)
     x = random_points(seed=17)
     go = torch.randn(len(x), fast.out_dim)
-    kernels = [fused._Kernel(fast._layout_key, mode) for mode in ("owned", "atomic")]
+    kernels = [fused._Kernel(fast.grid, mode) for mode in ("owned", "atomic")]
     owned, atomic = (k.scatter(x.clamp(0, 1), go, [(x, go)]) for k in kernels)
     assert_float32_close(atomic, owned)
 
@@ -128,8 +128,8 @@ def test_scatter_strategies_agree(name: str) -> None:
 @pytest.mark.parametrize("name", ["hashgrid", "densegrid"])
 def test_kernel_clamps_points_itself(name: str) -> None:
     """Called directly, the kernel reads only inside the table, whatever the points (NaN: 0)."""
-    _, fast = twins(CONFIGS[name], seed=4)
-    kernel = fused._Kernel(fast._layout_key)
+    _, fast = twins(*CONFIGS[name], seed=4)
+    kernel = fused._Kernel(fast.grid)
     wild = torch.tensor([[-5.0, 0.5, 7.0], [float("nan"), float("inf"), -float("inf")], [1.0, 1.0, 1.0]] * 200)
     clamped = torch.nan_to_num(wild, nan=0.0).clamp(0, 1)
     table = fast.params.detach()
@@ -139,7 +139,7 @@ def test_kernel_clamps_points_itself(name: str) -> None:
 
 
 def test_interface_and_checkpoints_match_grid_encoding() -> None:
-    ref, fast = twins(CONFIGS["hashgrid"], seed=0)
+    ref, fast = twins(*CONFIGS["hashgrid"], seed=0)
     assert fast.out_dim == ref.out_dim and fast.n_params() == ref.n_params()
     assert fast.layout() == ref.layout() and fast.describe() == ref.describe()
     assert list(fast.state_dict()) == ["params"]
@@ -149,16 +149,17 @@ def test_interface_and_checkpoints_match_grid_encoding() -> None:
         assert fast(x).shape == (2, 5, ref.out_dim)
     with pytest.raises(ValueError, match="shape"):
         fast(torch.zeros(4, 2))
-    double = FusedGridEncoding(HASH).double()  # another dtype runs the inherited PyTorch passes
-    assert double(x.double()).dtype == torch.float64
+    double = FusedGridEncoding(HASH, "hashgrid").double()  # CPU float32 only: make_encoding picks per device
+    with pytest.raises(RuntimeError, match="float32 only"):
+        double(x.double())
 
 
 def test_factory_chooses_the_fused_kernel_on_cpu() -> None:
-    assert type(make_encoding(EncodingConfig(), "cpu")) is FusedGridEncoding
-    assert type(make_encoding(EncodingConfig(type="densegrid", backend="fused"), "cpu")) is FusedGridEncoding
-    assert type(make_encoding(EncodingConfig(backend="torch"), "cpu")) is GridEncoding
+    assert type(make_encoding(EncodingConfig(), "hashgrid", "cpu")) is FusedGridEncoding
+    assert type(make_encoding(EncodingConfig(backend="fused"), "densegrid", "cpu")) is FusedGridEncoding
+    assert type(make_encoding(EncodingConfig(backend="torch"), "hashgrid", "cpu")) is TorchGridEncoding
     with pytest.raises(InputError, match="CPU only"):
-        make_encoding(EncodingConfig(backend="fused"), "meta")
+        make_encoding(EncodingConfig(backend="fused"), "hashgrid", "meta")
 
 
 def test_failed_build_falls_back_with_one_warning(
@@ -167,17 +168,17 @@ def test_failed_build_falls_back_with_one_warning(
     def no_compiler() -> None:
         raise RuntimeError("Error building extension 'recon_fused_grid': c++: command not found")
 
-    monkeypatch.setattr(fused, "_extension", None)
-    monkeypatch.setattr(fused, "_failure", None)
-    monkeypatch.setattr(fused, "_build", no_compiler)
-    with caplog.at_level(logging.WARNING, logger="recon.encodings.fused"):
+    monkeypatch.setattr(cpp_build, "_extension", None)
+    monkeypatch.setattr(cpp_build, "_failure", None)
+    monkeypatch.setattr(cpp_build, "_build", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="recon.encodings.cpp_build"):
         for _ in range(2):
-            assert type(make_encoding(EncodingConfig(), "cpu")) is GridEncoding
+            assert type(make_encoding(EncodingConfig(), "hashgrid", "cpu")) is TorchGridEncoding
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "pure-PyTorch" in warnings[0].getMessage()
     assert "command not found" in warnings[0].getMessage()
     with pytest.raises(InputError, match="could not be built"):
-        make_encoding(EncodingConfig(backend="fused"), "cpu")
+        make_encoding(EncodingConfig(backend="fused"), "hashgrid", "cpu")
 
 
 def test_cache_dir_outside_the_working_tree_and_no_build_at_import(tmp_path: Path) -> None:
@@ -185,10 +186,10 @@ def test_cache_dir_outside_the_working_tree_and_no_build_at_import(tmp_path: Pat
     env.pop("RECON_EXTENSIONS_DIR", None)
     code = (
         "import sys, recon, recon.encodings, recon.fields, recon.train\n"
-        "from recon.encodings import fused\n"
-        "assert fused._extension is None and fused._failure is None, 'built at import'\n"
+        "from recon.encodings import cpp_build\n"
+        "assert cpp_build._extension is None and cpp_build._failure is None, 'built at import'\n"
         "assert 'recon_fused_grid' not in sys.modules\n"
-        "print(fused.extensions_dir())\n"
+        "print(cpp_build.extensions_dir())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env, timeout=120)
     where = Path(out.stdout.strip())

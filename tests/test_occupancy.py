@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import FAST_FIT, sphere_rays
 from recon.config import RenderConfig, load_config
 from recon.datasets import load_scene
-from recon.encodings.grid import hash_grid_levels
+from recon.encodings.layout import hash_grid_levels
 from recon.errors import InputError
 from recon.render.occupancy import LIPSCHITZ, OccupancyGrid, density_margin, make_occupancy_grid
 from recon.fields import CoarseToFine

@@ -1,48 +1,74 @@
-"""Grid encodings of points in [0, 1]^3, behind one factory that picks the backend."""
+"""Grid encodings of points in [0, 1]^3, behind one factory that picks the backend once.
+
+Modules: ``layout`` (levels, sizes, the flat table), ``base`` (the protocol and the base
+class every backend shares), one module per backend (``torch_backend``, ``fused``,
+``tcnn_backend``), and their helpers (``workers``: the level-parallel thread pool;
+``autograd``: the backward plumbing of the CPU backends; ``cpp_build``: the fused kernel's
+build). A new backend is one module (a ``GridEncoding`` subclass with ``unavailable`` and
+``_encode``) plus one line in ``BACKENDS`` (and its place in ``AUTO``).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from recon.config import EncodingConfig
-from recon.errors import InputError
-from recon.encodings import fused
+from recon.encodings.base import Encoding, GridEncoding
 from recon.encodings.fused import FusedGridEncoding
-from recon.encodings.grid import GridEncoding, GridLevel, matched_dense_resolution
-from recon.encodings.tcnn_backend import TcnnGridEncoding, tcnn_available
+from recon.encodings.layout import GridKind, GridLevel, hash_grid_levels, matched_dense_resolution
+from recon.encodings.tcnn_backend import TcnnGridEncoding
+from recon.encodings.torch_backend import TorchGridEncoding
 
 __all__ = [
+    "AUTO",
+    "BACKENDS",
+    "Encoding",
     "FusedGridEncoding",
     "GridEncoding",
+    "GridKind",
     "GridLevel",
     "TcnnGridEncoding",
+    "TorchGridEncoding",
+    "backend_class",
+    "hash_grid_levels",
     "make_encoding",
     "matched_dense_resolution",
 ]
 
-BACKENDS = ("auto", "torch", "tcnn", "fused")
+BACKENDS: dict[str, type[GridEncoding]] = {
+    "torch": TorchGridEncoding,
+    "tcnn": TcnnGridEncoding,
+    "fused": FusedGridEncoding,
+}
+"""``encoding.backend`` -> the class that computes the encoding."""
+
+AUTO: dict[str, tuple[str, ...]] = {"cuda": ("tcnn", "torch"), "cpu": ("fused", "torch")}
+"""``encoding.backend: auto``: the backends to try, in order, per device type (any other: torch)."""
 
 
-def make_encoding(cfg: EncodingConfig, kind: str, device: torch.device | str) -> nn.Module:
-    """Build the encoding ``cfg`` describes on ``device``.
+def backend_class(name: str, device: torch.device) -> type[GridEncoding]:
+    """The class for backend ``name`` on ``device``; ``auto``: the first in ``AUTO`` that can run there.
 
-    backend ``torch``: the pure-PyTorch ``GridEncoding``; ``tcnn``: tiny-cuda-nn; ``fused``:
-    the compiled CPU kernel (``FusedGridEncoding``, built on first use); either raises
-    ``InputError`` when it cannot be used. ``auto``: tiny-cuda-nn on a CUDA device when it
-    imports, the fused kernel on the CPU when it builds (else one warning), else ``GridEncoding``.
+    An explicit backend is returned as it is: its constructor raises ``InputError`` when it
+    cannot run on ``device``.
+    """
+    if name == "auto":
+        order = AUTO.get(device.type, ("torch",))
+        usable = (BACKENDS[choice] for choice in order if BACKENDS[choice].unavailable(device) is None)
+        return next(usable, TorchGridEncoding)
+    if name not in BACKENDS:
+        raise ValueError(f"encoding backend must be one of {', '.join(['auto', *BACKENDS])}, got {name!r}")
+    return BACKENDS[name]
+
+
+def make_encoding(cfg: EncodingConfig, kind: GridKind, device: torch.device | str) -> GridEncoding:
+    """Build the ``kind`` grid (``hashgrid`` or ``densegrid``) that ``cfg`` describes, on ``device``.
+
+    The backend is ``cfg.backend`` (see ``backend_class``): ``torch`` (pure PyTorch, any
+    device), ``tcnn`` (tiny-cuda-nn, CUDA), ``fused`` (the compiled CPU kernel, built on first
+    use); ``auto``: tiny-cuda-nn on a CUDA device when it imports, the fused kernel on the CPU
+    when it builds (else one warning), else pure PyTorch. A backend that cannot be used raises
+    ``InputError("encoding.backend", ...)``.
     """
     device = torch.device(device)
-    if cfg.backend not in BACKENDS:
-        raise ValueError(f"encoding backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
-    use_tcnn = cfg.backend == "tcnn" or (cfg.backend == "auto" and device.type == "cuda" and tcnn_available())
-    if use_tcnn:
-        return TcnnGridEncoding(cfg, device, kind)
-    if cfg.backend == "fused" or (cfg.backend == "auto" and device.type == "cpu"):
-        if cfg.backend == "fused" and device.type != "cpu":
-            raise InputError("encoding.backend", f"'fused' runs on the CPU only, not on {device}")
-        if fused.load_extension() is not None:
-            return FusedGridEncoding(cfg, kind)
-        if cfg.backend == "fused":
-            raise InputError("encoding.backend", f"the fused CPU kernel could not be built ({fused.extension_failure()})")
-    return GridEncoding(cfg, kind).to(device)
+    return backend_class(cfg.backend, device)(cfg, kind, device)

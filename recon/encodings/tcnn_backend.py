@@ -3,6 +3,10 @@
 ``tinycudann`` is imported lazily, inside functions, and only when asked for: importing
 ``recon.encodings`` never touches it. Without CUDA its import raises ``OSError`` (or
 ``ImportError`` when it is not installed); both count as "unavailable".
+
+The table is the base class's ``params``, handed to the ``tinycudann.Encoding`` in place of
+its own; that module is kept out of the module tree, so ``state_dict()`` holds ``params``
+alone, as with every other backend.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import torch
 from torch import nn
 
 from recon.config import EncodingConfig
-from recon.errors import InputError
-from recon.encodings.grid import matched_dense_resolution
+from recon.encodings.base import GridEncoding
+from recon.encodings.layout import GridKind, dense_grid_resolution
 
 
 def _import_tcnn() -> tuple[ModuleType | None, str]:
@@ -32,8 +36,8 @@ def tcnn_available() -> bool:
     return _import_tcnn()[0] is not None
 
 
-def tcnn_encoding_config(cfg: EncodingConfig, kind: str = "hashgrid") -> dict[str, Any]:
-    """tiny-cuda-nn's encoding dict for ``cfg`` (HashGrid or a one-level DenseGrid)."""
+def tcnn_encoding_config(cfg: EncodingConfig, kind: GridKind) -> dict[str, Any]:
+    """tiny-cuda-nn's encoding dict for the ``kind`` grid of ``cfg`` (HashGrid or a one-level DenseGrid)."""
     interpolation = {"linear": "Linear", "smoothstep": "Smoothstep"}[cfg.interpolation]
     if kind == "hashgrid":
         return {
@@ -50,49 +54,46 @@ def tcnn_encoding_config(cfg: EncodingConfig, kind: str = "hashgrid") -> dict[st
             "otype": "DenseGrid",
             "n_levels": 1,
             "n_features_per_level": cfg.dense_features,
-            "base_resolution": cfg.dense_resolution or matched_dense_resolution(cfg),
+            "base_resolution": dense_grid_resolution(cfg),
             "per_level_scale": 1.0,
             "interpolation": interpolation,
         }
     raise ValueError(f"tiny-cuda-nn backend serves hashgrid and densegrid, not {kind!r}")
 
 
-class TcnnGridEncoding(nn.Module):
-    """``tinycudann.Encoding`` with ``GridEncoding``'s interface (float32 in and out).
+class TcnnGridEncoding(GridEncoding):
+    """The grid encoding computed by ``tinycudann.Encoding`` (CUDA, float32 in and out)."""
 
-    ``forward``: (..., 3) points in [0, 1]^3 (clamped) -> (..., out_dim). The table is the
-    parameter ``params``, laid out as ``GridEncoding`` lays it out.
-    """
-
-    def __init__(self, cfg: EncodingConfig, device: torch.device | str, kind: str = "hashgrid") -> None:
-        super().__init__()
-        tcnn, reason = _import_tcnn()
-        device = torch.device(device)
-        if tcnn is None:
-            raise InputError("encoding.backend", f"'tcnn' needs tinycudann, which does not import ({reason})")
-        if device.type != "cuda":
-            raise InputError("encoding.backend", f"'tcnn' runs on CUDA only, not on {device}")
+    def __init__(self, cfg: EncodingConfig, kind: GridKind, device: torch.device | str = "cuda") -> None:
+        super().__init__(cfg, kind, device)
+        tcnn, _ = _import_tcnn()
         self.config = tcnn_encoding_config(cfg, kind)
-        with torch.cuda.device(device):
-            encoding = tcnn.Encoding(3, self.config, dtype=torch.float32)
-        self.params = encoding.params  # registered first, so named_parameters() calls it "params"
-        self.encoding = encoding
-        with torch.no_grad():
-            self.params.uniform_(-cfg.init_scale, cfg.init_scale)
-        self._out_dim = int(encoding.n_output_dims)
+        with torch.cuda.device(torch.device(device)):
+            native = tcnn.Encoding(3, self.config, dtype=torch.float32)
+        if native.params.numel() != self.n_params() or int(native.n_output_dims) != self.out_dim:
+            raise RuntimeError(
+                f"tiny-cuda-nn lays out {native.params.numel()} parameters and {native.n_output_dims} outputs, "
+                f"recon {self.n_params()} and {self.out_dim}"
+            )
+        native.params = self.params  # its forward reads the shared table
+        self._native: tuple[nn.Module] = (native,)  # a tuple: not a submodule, so no second state_dict key
 
-    @property
-    def out_dim(self) -> int:
-        """Features per point: levels x features per level."""
-        return self._out_dim
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        """When ``tinycudann`` does not import, or off CUDA."""
+        tcnn, reason = _import_tcnn()
+        if tcnn is None:
+            return f"'tcnn' needs tinycudann, which does not import ({reason})"
+        if device.type != "cuda":
+            return f"'tcnn' runs on CUDA only, not on {device}"
+        return None
 
-    def n_params(self) -> int:
-        """Number of scalars in the table."""
-        return self.params.numel()
+    def extra_repr(self) -> str:
+        return "tiny-cuda-nn, " + super().extra_repr()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., 3) points in [0, 1]^3 -> (..., out_dim) float32 features."""
-        if x.shape[-1] != 3:
-            raise ValueError(f"TcnnGridEncoding expects points of shape (..., 3), got {tuple(x.shape)}")
-        flat = x.reshape(-1, 3).float().clamp(0.0, 1.0).contiguous()
-        return self.encoding(flat).float().reshape(*x.shape[:-1], self._out_dim)
+    def _encode(self, points: torch.Tensor) -> torch.Tensor:
+        """(N, 3) float32 points -> (N, out_dim) float32 features."""
+        native = self._native[0]
+        if native.params is not self.params:  # replaced since (load_state_dict(assign=True), ...)
+            native.params = self.params
+        return native(points).float()

@@ -1,6 +1,6 @@
 // Fused CPU multi-resolution grid encoding, float32, OpenMP-parallel.
 //
-// Computes exactly what recon/encodings/grid.py computes (tiny-cuda-nn's conventions:
+// Computes exactly what recon/encodings/torch_backend.py computes (tiny-cuda-nn's conventions:
 // float32 level scales, +0.5 offset, dense indexing while res^3 fits, uint32 hash with
 // primes 1 / 2654435761 / 805459861, modulo the level size, one flat table level after
 // level with F features contiguous per vertex), one compiled pass per autograd step:
