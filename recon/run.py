@@ -48,50 +48,33 @@ def arm_run_dir(out_dir: str | Path, arm: str, seed: int) -> Path:
     return Path(out_dir) / arm / f"seed{seed}"
 
 
+class _Entry:
+    """A file or folder of a run directory: ``RunDir.<entry>`` is its path."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: RunDir | None, owner: type) -> Path:
+        return run.root / self.name  # type: ignore[union-attr]
+
+
 @dataclass(frozen=True)
 class RunDir:
     """The files of one run directory."""
 
     root: Path
+    config = _Entry("config.yaml")
+    meta = _Entry("meta.json")
+    metrics = _Entry("metrics.jsonl")
+    checkpoint = _Entry("checkpoint.pt")
+    val_dir = _Entry("val")
+    holdout = _Entry("holdout.json")
+    holdout_dir = _Entry("holdout")
+    mesh = _Entry("mesh.ply")
+    result = _Entry("result.json")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def meta(self) -> Path:
-        return self.root / "meta.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pt"
-
-    @property
-    def val_dir(self) -> Path:
-        return self.root / "val"
-
-    @property
-    def holdout(self) -> Path:
-        return self.root / "holdout.json"
-
-    @property
-    def holdout_dir(self) -> Path:
-        return self.root / "holdout"
-
-    @property
-    def mesh(self) -> Path:
-        return self.root / "mesh.ply"
-
-    @property
-    def result(self) -> Path:
-        return self.root / "result.json"
 
     # ------------------------------------------------------------------ config and meta
 
