@@ -1,0 +1,121 @@
+"""Fair sharing: training steps per second of a default fit, alone and beside competing processes.
+
+Each scenario runs real fits (``recon fit``, default settings, the embedded default scene) in
+subprocesses and reads their speed from the step timings in ``metrics.jsonl`` (``elapsed_s``
+counts training steps only, not validation or checkpoints), over steps ``--window`` (default
+100-250). Scenarios: alone; beside 1 and beside 3 busy processes (a Python loop each); two fits
+side by side (their rates added). Each rate is also given as a ratio of the alone rate: a fair
+share of a 2-core machine is 0.5x beside one busy process (or more: the busy loop is one thread),
+and two fits together should do at least the work of one.
+
+Run on a quiet machine (the alone rate must be alone):
+    .venv/bin/python benchmarks/bench_contention.py [--scene DIR] [--window 100 250] [--repeats 1]
+        [--env NAME=VALUE ...] [--scenarios alone,busy1,busy3,pair] [section.key=value ...]
+``--env`` sets variables for the fits only (e.g. OMP_WAIT_POLICY=active to see the old behaviour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUSY_LOOP = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+SCENARIOS = ("alone", "busy1", "busy3", "pair")
+
+
+@dataclass
+class Fit:
+    process: subprocess.Popen
+    run: Path
+
+
+def start_fit(scene: Path, run: Path, iters: int, overrides: list[str], env: dict[str, str]) -> Fit:
+    """A ``recon fit`` of ``iters`` steps in a subprocess, logging every 10 steps."""
+    command = [sys.executable, "-m", "recon.cli", "fit", str(scene), "--out", str(run), "--iters", str(iters),
+               "--quiet", "train.log_every=10", "train.val_every=0", f"train.ckpt_every={iters}", *overrides]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    return Fit(process, run)
+
+
+def steps_per_second(run: Path, window: tuple[int, int]) -> float:
+    """Training steps per second between the log lines of steps ``window[0]`` and ``window[1]``."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    elapsed = {r["step"]: r["elapsed_s"] for r in records if "elapsed_s" in r}
+    first, last = window
+    return (last - first) / (elapsed[last] - elapsed[first])
+
+
+def busy_processes(count: int, seconds: float) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP.format(seconds=seconds)]) for _ in range(count)]
+
+
+def run_scenario(name: str, scene: Path, work: Path, args: argparse.Namespace, env: dict[str, str]) -> list[float]:
+    """The rates (steps per second) of the fits of one scenario."""
+    iters = args.window[1]
+    n_fits = 2 if name == "pair" else 1
+    n_busy = {"alone": 0, "busy1": 1, "busy3": 3, "pair": 0}[name]
+    busy = busy_processes(n_busy, seconds=3600.0)
+    try:
+        time.sleep(1.0 if n_busy else 0.0)  # let the competitors take their cores
+        fits = [start_fit(scene, work / f"{name}_{i}", iters, args.overrides, env) for i in range(n_fits)]
+        for fit in fits:
+            _, err = fit.process.communicate()
+            if fit.process.returncode != 0:
+                raise SystemExit(f"fit failed ({name}): {err.strip().splitlines()[-1] if err.strip() else ''}")
+    finally:
+        for process in busy:
+            process.kill()
+    return [steps_per_second(fit.run, tuple(args.window)) for fit in fits]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scene", type=Path, default=None, help="scene folder (default: synthesise the default scene)")
+    parser.add_argument("--window", type=int, nargs=2, default=(100, 250), help="steps to time (multiples of 10)")
+    parser.add_argument("--repeats", type=int, default=1, help="repeat every scenario, report the median")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment of the fits")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every fit (section.key=value)")
+    args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
+    with tempfile.TemporaryDirectory(prefix="recon_contention_") as tmp:
+        work = Path(tmp)
+        scene = args.scene or synthesise_default(work / "scene")
+        rows = []
+        alone = None
+        for name in args.scenarios.split(","):
+            runs = []
+            for repeat in range(args.repeats):
+                runs.append(run_scenario(name, scene, work / f"r{repeat}", args, env))
+            rates = sorted(runs, key=sum)[len(runs) // 2]  # the median repeat by total
+            total = sum(rates)
+            alone = total if name == "alone" else alone
+            rows.append((name, rates, total))
+            print(f"{name}: {' + '.join(f'{r:.2f}' for r in rates)} it/s", flush=True)
+    print(f"\nenv: {env or '(default)'}; steps {args.window[0]}-{args.window[1]} of a default fit; "
+          f"{os.cpu_count()} cores")
+    print(f"{'scenario':<10} {'rates (it/s)':<16} {'total':>7} {'x alone':>8}")
+    for name, rates, total in rows:
+        ratio = f"{total / alone:.2f}" if alone else "-"
+        print(f"{name:<10} {' + '.join(f'{r:.2f}' for r in rates):<16} {total:>7.2f} {ratio:>8}")
+
+
+def synthesise_default(out: Path) -> Path:
+    sys.path.insert(0, str(REPO))
+    from recon.datasets import synthesize
+
+    synthesize(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
