@@ -1,4 +1,5 @@
-"""Command line: parses, loads the config, calls the library. Bad input exits with code 2."""
+"""Command line: parses, loads the config, calls the library. Bad input exits with code 2, a fit
+that diverged with code 3."""
 
 from __future__ import annotations
 
@@ -11,13 +12,24 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from recon.config import ARMS
-from recon.errors import InputError
+from recon.config import ARMS, RANGES, Range, at_least, check_range
+from recon.errors import InputError, TrainingDiverged
 
 if TYPE_CHECKING:
     from recon.config import Config
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+OPTION_RANGES: dict[str, Range] = {
+    "iters": RANGES["train.iters"],
+    "holdout": RANGES["train.holdout"],
+    "downscale": RANGES["data.downscale"],
+    "resolution": RANGES["mesh.resolution"],
+    "points": at_least(100),
+    "seeds": at_least(1),
+    "detail_radius": Range(0.0, 1.0, low_open=True, high_open=True),
+}
+"""Allowed values of the numeric options (by argparse ``dest``), checked before a command runs."""
 RENAMED_OPTIONS = {"--encoding": "--arm", "--encodings": "--arms", "--background": "--rgba-background"}
 """Options of earlier versions -> their names now (refused with the new name)."""
 
@@ -115,9 +127,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_demo)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, exit code 2 (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``recon`` argument parser."""
-    parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_fit, _add_check, _add_extract, _add_eval, _add_compare, _add_demo):
         add(sub)
@@ -168,7 +187,8 @@ def _run_check(args: argparse.Namespace) -> None:
     from recon.datasets.check import describe
 
     logging.getLogger("recon.datasets").setLevel(logging.ERROR)  # the report below lists the warnings
-    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.rgba_background)
+    downscale = 1 if args.downscale is None else args.downscale
+    scene = load_scene(args.data_dir, args.format or "auto", downscale, args.rgba_background)
     print("\n".join(describe(scene, args.data_dir)))
 
 
@@ -181,15 +201,12 @@ def _run_extract(args: argparse.Namespace) -> None:
 
 def _run_eval(args: argparse.Namespace) -> None:
     from recon.extract import evaluate_files
+    from recon.io import json_text
     from recon.metrics import DETAIL_RADIUS_REL
 
     radius = DETAIL_RADIUS_REL if args.detail_radius is None else args.detail_radius
-    if not 0.0 < radius < 1.0:
-        raise InputError("--detail-radius", f"must lie in (0, 1), got {radius}")
-    if args.points < 100:
-        raise InputError("--points", f"must be at least 100, got {args.points}")
     metrics = evaluate_files(args.mesh, args.gt, args.json, args.cull_to, radius, args.points)
-    print(json.dumps(metrics, indent=2))
+    print(json_text(metrics, indent=2))
 
 
 def _run_compare(args: argparse.Namespace) -> None:
@@ -201,7 +218,7 @@ def _run_compare(args: argparse.Namespace) -> None:
         raise InputError("--preset", "give a preset or a config file, not both")
     cfg_file = preset_path(args.preset) if args.preset is not None else args.config
     overrides = list(args.overrides) + ([f"train.iters={args.iters}"] if args.iters is not None else [])
-    resolution = args.resolution or load_config(cfg_file, overrides).mesh.resolution
+    resolution = args.resolution if args.resolution is not None else load_config(cfg_file, overrides).mesh.resolution
     spec = CompareSpec(args.data_dir, args.out, parse_arms(args.arms), args.seeds, resolution,
                        not args.no_cull, cfg_file, tuple(overrides))
     run_compare(spec, progress=not args.quiet)
@@ -212,8 +229,10 @@ def _run_compare(args: argparse.Namespace) -> None:
 def _run_demo(args: argparse.Namespace) -> None:
     from recon.datasets import synthesize
     from recon.extract import extract_run
+    from recon.io import check_output_dir
     from recon.train import fit
 
+    check_output_dir(args.out_dir)
     scene_dir, run_dir = args.out_dir / "scene", args.out_dir / f"run_{args.arm}"
     if not (scene_dir / "cameras_sphere.npz").is_file():
         synthesize(scene_dir)
@@ -221,6 +240,14 @@ def _run_demo(args: argparse.Namespace) -> None:
     cfg, asked = _fit_request(args)
     fit(scene_dir, run_dir, cfg, asked=asked)
     print(extract_run(run_dir, args.out_dir / f"mesh_{args.arm}.ply", args.resolution, False, None))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """``InputError`` naming the option when a numeric option lies outside ``OPTION_RANGES``."""
+    for dest, allowed in OPTION_RANGES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_range(f"--{dest.replace('_', '-')}", value, allowed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,10 +267,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.overrides = list(args.overrides) + extra
     try:
+        check_options(args)
         args.run(args)
     except InputError as err:
         print(f"recon {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as err:
+        print(f"recon {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print(f"recon {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
