@@ -335,7 +335,7 @@ RANGES: dict[str, Range] = {
     "render.scene_radius": positive(),
     "render.n_background": COUNT,
     "render.background_hidden_dim": COUNT,
-    "render.occupancy_resolution": Range(2, off=0),
+    "render.occupancy_resolution": at_least(0),
     "render.occupancy_tolerance": Range(0, 1, low_open=True, high_open=True),
     "train.iters": COUNT,
     "train.batch_rays": COUNT,
