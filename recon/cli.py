@@ -1,10 +1,11 @@
-"""Command line: parses, loads the config, calls the library. Bad input exits with code 2, a fit
-that diverged with code 3."""
+"""Command line: parses, loads the config, calls the library. Bad input exits with code 2.
+
+A fit that diverged (its loss or state became NaN or inf) exits with code 3.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import typing
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_CODES = ("exit codes: 0 done; 2 bad input (one line names the file or key; nothing written); 3 the fit diverged "
+              "(NaN or inf; the last good checkpoint is kept); 130 interrupted (rerun to resume)")
 OPTION_RANGES: dict[str, Range] = {
     "iters": RANGES["train.iters"],
     "holdout": RANGES["train.holdout"],
@@ -45,7 +48,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume")
+    p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume", epilog=EXIT_CODES)
     p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, renders)")
     p.add_argument("--arm", choices=ARMS, default=None, help="geometry arm (geometry.arm; default hashgrid)")
@@ -136,7 +139,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``recon`` argument parser."""
-    parser = _Parser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None, epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_fit, _add_check, _add_extract, _add_eval, _add_compare, _add_demo):
         add(sub)
@@ -186,9 +189,14 @@ def _run_check(args: argparse.Namespace) -> None:
     from recon.datasets import load_scene
     from recon.datasets.check import describe
 
-    logging.getLogger("recon.datasets").setLevel(logging.ERROR)  # the report below lists the warnings
     downscale = 1 if args.downscale is None else args.downscale
-    scene = load_scene(args.data_dir, args.format or "auto", downscale, args.rgba_background)
+    datasets_log = logging.getLogger("recon.datasets")
+    level = datasets_log.level
+    datasets_log.setLevel(logging.ERROR)  # the report below lists the warnings
+    try:
+        scene = load_scene(args.data_dir, args.format or "auto", downscale, args.rgba_background)
+    finally:
+        datasets_log.setLevel(level)
     print("\n".join(describe(scene, args.data_dir)))
 
 

@@ -103,10 +103,16 @@ class RunDir:
         write_json_atomic(self.meta, meta)
 
     def read_meta(self) -> dict[str, Any]:
-        """``meta.json``; an ``InputError`` when the run has none."""
+        """``meta.json``; an ``InputError`` when the run has none, or a broken one."""
         if not self.meta.is_file():
             raise InputError(self.root, "no meta.json: not a recon run directory")
-        return json.loads(self.meta.read_text())
+        try:
+            meta = json.loads(self.meta.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InputError(self.meta, f"not valid JSON ({type(err).__name__}: {' '.join(str(err).split())})") from None
+        if not isinstance(meta, dict):
+            raise InputError(self.meta, "not a recon meta.json (not a JSON object)")
+        return meta
 
     def holdout_summary(self) -> dict[str, Any] | None:
         """``holdout.json``, or None when the run held no views out."""

@@ -23,6 +23,7 @@ from recon.datasets import load_scene
 from recon.datasets.scene import Scene
 from recon.errors import InputError, TrainingDiverged
 from recon.holdout import score_holdout, split_holdout
+from recon.io import check_output_dir
 from recon.objective import Objective, StepLosses
 from recon.optim import lr_factor, make_optimizer, set_learning_rates
 from recon.rays import RaySource
@@ -30,7 +31,6 @@ from recon.render.background import make_background
 from recon.render.image import render_image
 from recon.render.occupancy import make_occupancy_grid
 from recon.render.renderer import render_rays
-from recon.io import check_output_dir
 from recon.run import Model, RunDir, build_model, choose_device, non_finite_tensors, resume_config
 from recon.visualize import save_validation_image
 

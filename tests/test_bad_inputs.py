@@ -30,6 +30,7 @@ import torch
 import trimesh
 
 import recon.extract
+import recon.train
 from conftest import FAST_FIT
 from recon.cli import main
 from recon.config import RANGES, Config, load_config
@@ -372,6 +373,7 @@ CORPUS: dict[str, Case] = {
     "extract_resolution_4": extract("--resolution 4", ("--resolution", ">= 8", "got 4")),
     "extract_gt_missing": extract("--gt {ws}/nope.ply", ("nope.ply", "not found")),
     "extract_gt_nan_vertex": extract("--gt {ws}/nan.ply", ("nan.ply", "non-finite"), nan_mesh("nan.ply")),
+    "extract_broken_meta": extract("", ("meta.json", "not valid JSON"), text("run/meta.json", '{"gt_mesh": ')),
     "extract_not_a_run": Case("extract {ws}/scene -o {ws}/m.ply", ("no checkpoint.pt",)),
     "eval_json_is_a_folder": Case(f"eval {MESH} --gt {GT} --json {{ws}}/scene", ("is a folder, not a file",)),
     "eval_json_under_a_file": Case(f"eval {MESH} --gt {GT} --json {{ws}}/scene/gt_mesh.ply/m.json", ("cannot be created",)),
@@ -553,6 +555,25 @@ def test_a_second_writer_is_refused_and_a_killed_holder_does_not_block(templates
     with folder_lock(ws / "run"):  # ... and does not block
         assert f"pid {os.getpid()}" in (ws / "run" / LOCK_NAME).read_text()
     assert not (ws / "run" / LOCK_NAME).exists()
+
+
+def test_a_checkpoint_written_by_another_process_while_a_fit_starts_is_not_overwritten(
+    templates: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = workspace(templates, tmp_path, ("run",))
+    checkpoint = ws / "run" / "checkpoint.pt"
+    newer = checkpoint.read_bytes() + b"\0"  # what the other writer saved (never read here)
+    read_scene = recon.train.load_scene
+
+    def other_writer_finishes_meanwhile(*args, **kwargs):
+        scene = read_scene(*args, **kwargs)
+        checkpoint.write_bytes(newer)
+        return scene
+
+    monkeypatch.setattr(recon.train, "load_scene", other_writer_finishes_meanwhile)
+    code, _, err = run_cli(["fit", str(ws / "scene"), "--out", str(ws / "run"), "--quiet", *FAST_FIT], capsys)
+    assert code == 2 and "was written by another process while this one started" in err, err
+    assert checkpoint.read_bytes() == newer and not (ws / "run" / LOCK_NAME).exists()
 
 
 def test_a_finished_fit_leaves_no_lock_and_the_lock_is_reentrant(templates: Path, tmp_path: Path) -> None:
@@ -760,3 +781,9 @@ def test_a_zero_byte_png_and_a_garbage_npy_get_plain_messages(templates: Path, t
     _, _, err = run_cli(["check", str(ws / "scene")], capsys)
     assert "pickled" not in err and err.strip().endswith("000001.npy: not a NumPy .npy file (no .npy header)")
 
+
+
+def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture) -> None:
+    for argv in (["--help"], ["fit", "--help"]):
+        code, out, _ = run_cli(argv, capsys)
+        assert code == 0 and "3 the fit diverged" in " ".join(out.split())
