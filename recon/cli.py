@@ -1,9 +1,11 @@
-"""Command line: parses, loads the config, calls the library. Bad input exits with code 2."""
+"""Command line: parses, loads the config, calls the library. Bad input exits with code 2.
+
+A fit that diverged (its loss or state became NaN or inf) exits with code 3.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import typing
@@ -11,13 +13,26 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from recon.config import ARMS
-from recon.errors import InputError
+from recon.config import ARMS, RANGES, Range, at_least, check_range
+from recon.errors import InputError, TrainingDiverged
 
 if TYPE_CHECKING:
     from recon.config import Config
 
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_CODES = ("exit codes: 0 done; 2 bad input (one line names the file or key; nothing written); 3 the fit diverged "
+              "(NaN or inf; the last good checkpoint is kept); 130 interrupted (rerun to resume)")
+OPTION_RANGES: dict[str, Range] = {
+    "iters": RANGES["train.iters"],
+    "holdout": RANGES["train.holdout"],
+    "downscale": RANGES["data.downscale"],
+    "resolution": RANGES["mesh.resolution"],
+    "points": at_least(100),
+    "seeds": at_least(1),
+    "detail_radius": Range(0.0, 1.0, low_open=True, high_open=True),
+}
+"""Allowed values of the numeric options (by argparse ``dest``), checked before a command runs."""
 RENAMED_OPTIONS = {"--encoding": "--arm", "--encodings": "--arms", "--background": "--rgba-background"}
 """Options of earlier versions -> their names now (refused with the new name)."""
 
@@ -33,7 +48,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume")
+    p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume", epilog=EXIT_CODES)
     p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, renders)")
     p.add_argument("--arm", choices=ARMS, default=None, help="geometry arm (geometry.arm; default hashgrid)")
@@ -115,9 +130,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_run_demo)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, exit code 2 (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``recon`` argument parser."""
-    parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None, epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synth, _add_fit, _add_check, _add_extract, _add_eval, _add_compare, _add_demo):
         add(sub)
@@ -167,8 +189,14 @@ def _run_check(args: argparse.Namespace) -> None:
     from recon.datasets import load_scene
     from recon.datasets.check import describe
 
-    logging.getLogger("recon.datasets").setLevel(logging.ERROR)  # the report below lists the warnings
-    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.rgba_background)
+    downscale = 1 if args.downscale is None else args.downscale
+    datasets_log = logging.getLogger("recon.datasets")
+    level = datasets_log.level
+    datasets_log.setLevel(logging.ERROR)  # the report below lists the warnings
+    try:
+        scene = load_scene(args.data_dir, args.format or "auto", downscale, args.rgba_background)
+    finally:
+        datasets_log.setLevel(level)
     print("\n".join(describe(scene, args.data_dir)))
 
 
@@ -181,15 +209,12 @@ def _run_extract(args: argparse.Namespace) -> None:
 
 def _run_eval(args: argparse.Namespace) -> None:
     from recon.extract import evaluate_files
+    from recon.io import json_text
     from recon.metrics import DETAIL_RADIUS_REL
 
     radius = DETAIL_RADIUS_REL if args.detail_radius is None else args.detail_radius
-    if not 0.0 < radius < 1.0:
-        raise InputError("--detail-radius", f"must lie in (0, 1), got {radius}")
-    if args.points < 100:
-        raise InputError("--points", f"must be at least 100, got {args.points}")
     metrics = evaluate_files(args.mesh, args.gt, args.json, args.cull_to, radius, args.points)
-    print(json.dumps(metrics, indent=2))
+    print(json_text(metrics, indent=2))
 
 
 def _run_compare(args: argparse.Namespace) -> None:
@@ -201,7 +226,7 @@ def _run_compare(args: argparse.Namespace) -> None:
         raise InputError("--preset", "give a preset or a config file, not both")
     cfg_file = preset_path(args.preset) if args.preset is not None else args.config
     overrides = list(args.overrides) + ([f"train.iters={args.iters}"] if args.iters is not None else [])
-    resolution = args.resolution or load_config(cfg_file, overrides).mesh.resolution
+    resolution = args.resolution if args.resolution is not None else load_config(cfg_file, overrides).mesh.resolution
     spec = CompareSpec(args.data_dir, args.out, parse_arms(args.arms), args.seeds, resolution,
                        not args.no_cull, cfg_file, tuple(overrides))
     run_compare(spec, progress=not args.quiet)
@@ -212,8 +237,10 @@ def _run_compare(args: argparse.Namespace) -> None:
 def _run_demo(args: argparse.Namespace) -> None:
     from recon.datasets import synthesize
     from recon.extract import extract_run
+    from recon.io import check_output_dir
     from recon.train import fit
 
+    check_output_dir(args.out_dir)
     scene_dir, run_dir = args.out_dir / "scene", args.out_dir / f"run_{args.arm}"
     if not (scene_dir / "cameras_sphere.npz").is_file():
         synthesize(scene_dir)
@@ -221,6 +248,14 @@ def _run_demo(args: argparse.Namespace) -> None:
     cfg, asked = _fit_request(args)
     fit(scene_dir, run_dir, cfg, asked=asked)
     print(extract_run(run_dir, args.out_dir / f"mesh_{args.arm}.ply", args.resolution, False, None))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """``InputError`` naming the option when a numeric option lies outside ``OPTION_RANGES``."""
+    for dest, allowed in OPTION_RANGES.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_range(f"--{dest.replace('_', '-')}", value, allowed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,10 +275,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.overrides = list(args.overrides) + extra
     try:
+        check_options(args)
         args.run(args)
     except InputError as err:
         print(f"recon {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as err:
+        print(f"recon {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     except KeyboardInterrupt:
         print(f"recon {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130

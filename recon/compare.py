@@ -29,7 +29,7 @@ import numpy as np
 
 from recon.config import ARMS, Config, config_to_dict, load_config
 from recon.errors import InputError
-from recon.io import write_json_atomic
+from recon.io import check_output_dir, write_json_atomic
 from recon.run import RunDir, arm_run_dir, check_resumable
 
 SETTINGS = "compare.json"
@@ -103,10 +103,7 @@ def run_compare(spec: CompareSpec, progress: bool = True) -> list[dict[str, Any]
     """Fit, extract and evaluate every arm not finished yet; return all arms' results."""
     from recon.datasets import load_scene
 
-    if spec.seeds < 1:
-        raise InputError("--seeds", f"must be at least 1, got {spec.seeds}")
-    if spec.resolution < 8:
-        raise InputError("--resolution", f"must be at least 8, got {spec.resolution}")
+    check_output_dir(spec.out_dir)
     data = spec.config_for(spec.arms[0], 0).data
     scene = load_scene(spec.data_dir, data.format, data.downscale, data.rgba_background)  # bad input stops here
     settings = spec.settings()
@@ -139,6 +136,13 @@ def scene_up(scene) -> np.ndarray:
 
 def _run_arm(spec: CompareSpec, scene, arm: str, seed: int, settings: dict[str, Any], label: str,
              progress: bool) -> None:
+    run = spec.run_dir(arm, seed)
+    with run.writing():  # the fit, its mesh and result.json: one writer
+        _fit_and_measure(spec, scene, arm, seed, settings, label, progress)
+
+
+def _fit_and_measure(spec: CompareSpec, scene, arm: str, seed: int, settings: dict[str, Any], label: str,
+                     progress: bool) -> None:
     from recon.extract import run_mesh
     from recon.mesh import save_mesh
     from recon.train import fit

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,146 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: ``low`` to ``high`` (each end included unless
+    ``*_open``), plus ``off`` (a value outside the interval that means "off"). Numbers are
+    always finite."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    off: float | None = None
+    off_means: str = "off"
+
+    def allows(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.off is not None and value == self.off:
+            return True
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1]``, ``0 (off) or >= 2``, ..."""
+        if self.high == math.inf:
+            text = f"{'>' if self.low_open else '>='} {self.low:g}" if self.low > -math.inf else "a finite number"
+        else:
+            text = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return text if self.off is None else f"{self.off:g} ({self.off_means}) or {text}"
+
+
+def at_least(low: float) -> Range:
+    return Range(low)
+
+
+def positive() -> Range:
+    return Range(0.0, low_open=True)
+
+
+def check_range(where: str, value: Any, allowed: Range) -> None:
+    """Raise ``InputError(where, "must be <range>, got <value>")`` unless ``allowed`` holds ``value``."""
+    if not allowed.allows(value):
+        finite = "" if math.isfinite(value) or allowed.low == -math.inf else "a finite number "
+        raise InputError(where, f"must be {finite}{allowed.describe()}, got {value!r}")
+
+
+COUNT, ANY_NUMBER, WEIGHT = at_least(1), Range(), at_least(0)
+RANGES: dict[str, Range] = {
+    "geometry.hidden_dim": COUNT,
+    "geometry.n_hidden_layers": COUNT,
+    "geometry.feature_dim": COUNT,
+    "geometry.pe_frequencies": at_least(0),
+    "geometry.softplus_beta": positive(),
+    "geometry.sphere_radius": positive(),
+    "geometry.mlp_arm_hidden_dim": COUNT,
+    "geometry.mlp_arm_n_hidden_layers": COUNT,
+    "geometry.mlp_arm_skip_layer": at_least(0),
+    "geometry.sdf_grid_resolution": Range(4, off=0, off_means="parameter-matched"),
+    "encoding.n_levels": COUNT,
+    "encoding.n_features_per_level": COUNT,
+    "encoding.log2_hashmap_size": Range(1, 30),
+    "encoding.base_resolution": at_least(2),
+    "encoding.finest_resolution": at_least(2),
+    "encoding.dense_resolution": Range(2, off=0, off_means="parameter-matched"),
+    "encoding.dense_features": COUNT,
+    "encoding.init_scale": at_least(0),
+    "encoding.c2f_start_levels": at_least(0),
+    "encoding.c2f_every": COUNT,
+    "color.hidden_dim": COUNT,
+    "color.n_hidden_layers": COUNT,
+    "color.view_pe_frequencies": at_least(0),
+    "color.appearance_dim": at_least(0),
+    "render.beta_init": positive(),
+    "render.beta_min": at_least(0),
+    "render.n_eval": at_least(2),
+    "render.n_importance": at_least(0),
+    "render.n_extra": at_least(0),
+    "render.eps": Range(0, 1, low_open=True, high_open=True),
+    "render.n_bisection": at_least(0),
+    "render.max_rounds": at_least(0),
+    "render.scene_radius": positive(),
+    "render.n_background": COUNT,
+    "render.background_hidden_dim": COUNT,
+    "render.occupancy_resolution": at_least(0),
+    "render.occupancy_tolerance": Range(0, 1, low_open=True, high_open=True),
+    "train.iters": COUNT,
+    "train.batch_rays": COUNT,
+    "train.lr": positive(),
+    "train.grid_lr_factor": positive(),
+    "train.lr_final_factor": Range(0, 1, low_open=True),
+    "train.warmup_iters": at_least(0),
+    "train.eikonal_weight": WEIGHT,
+    "train.mask_weight": WEIGHT,
+    "train.smooth_weight": WEIGHT,
+    "train.depth_weight": WEIGHT,
+    "train.normal_l1_weight": WEIGHT,
+    "train.normal_angular_weight": WEIGHT,
+    "train.holdout": Range(2, off=0),
+    "train.seed": at_least(0),
+    "train.log_every": COUNT,
+    "train.val_every": at_least(0),
+    "train.ckpt_every": COUNT,
+    "train.val_max_side": at_least(2),
+    "train.holdout_supersample": COUNT,
+    "train.threads": at_least(0),
+    "train.occupancy_every": COUNT,
+    "data.downscale": COUNT,
+    "data.max_rays": COUNT,
+    "mesh.resolution": at_least(8),
+    "mesh.block_size": at_least(2),
+    "mesh.level": ANY_NUMBER,
+}
+"""The allowed range of every numeric setting, checked when a config is loaded (``load_config``,
+``config_from_dict``), before anything is written."""
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+"""``train.device``: auto, cpu, cuda or cuda:N."""
+
+
+def check_config(cfg: Config) -> Config:
+    """Raise ``InputError`` naming the key when settings contradict each other (each value's own
+    range is checked as it is set, ``RANGES``); return ``cfg``."""
+    r, e, g = cfg.render, cfg.encoding, cfg.geometry
+    if r.beta_init <= r.beta_min:
+        raise InputError("render.beta_init", f"must exceed render.beta_min ({r.beta_min:g}), got {r.beta_init:g}")
+    if r.density == "neus" and r.beta_min <= 0:
+        raise InputError("render.beta_min", f"must be > 0 with render.density=neus, got {r.beta_min:g}")
+    if r.n_importance + r.n_extra < 1:
+        raise InputError("render.n_importance", "and render.n_extra must not both be 0 (no samples to render)")
+    if r.sampler == "surface_guided" and r.n_eval < 3:
+        raise InputError("render.n_eval", f"must be >= 3 with render.sampler=surface_guided, got {r.n_eval}")
+    if e.finest_resolution < e.base_resolution:
+        raise InputError("encoding.finest_resolution",
+                         f"must be >= encoding.base_resolution ({e.base_resolution}), got {e.finest_resolution}")
+    if g.mlp_arm_skip_layer >= g.mlp_arm_n_hidden_layers:
+        raise InputError("geometry.mlp_arm_skip_layer", f"must be 0 (no skip) or a hidden layer, 1.."
+                         f"{g.mlp_arm_n_hidden_layers - 1} (geometry.mlp_arm_n_hidden_layers - 1), got {g.mlp_arm_skip_layer}")
+    return cfg
+
+
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict of a config (for YAML and checkpoints)."""
     return dataclasses.asdict(cfg)
@@ -329,8 +470,19 @@ def apply_dict(cfg: Config, data: dict[str, Any], source: str, migrate: bool = F
         types = _section_types(section)
         if key not in types:
             raise InputError(source, f"unknown config key {name}")
-        setattr(section, key, _coerce(value, types[key], f"{source}: {name}"))
+        where = name if source.split("=", 1)[0] == name else f"{source}: {name}"
+        setattr(section, key, _checked(_coerce(value, types[key], where), name, where))
     return cfg
+
+
+def _checked(value: Any, name: str, where: str) -> Any:
+    """``value`` of setting ``name`` when it lies in the setting's range (``RANGES``; ``train.device``:
+    ``DEVICE``), else ``InputError(where, ...)``."""
+    if name in RANGES:
+        check_range(where, value, RANGES[name])
+    elif name == "train.device" and not DEVICE.match(value):
+        raise InputError(where, f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
 
 
 def _flatten(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -367,7 +519,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         apply_dict(cfg, _read_yaml(Path(path)), str(path))
     for text in overrides or []:
         apply_dict(cfg, parse_override(text), text)
-    return cfg
+    return check_config(cfg)
 
 
 def asked_keys(path: str | Path | None = None, overrides: list[str] | None = None) -> set[str]:
@@ -391,4 +543,4 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def config_from_dict(data: dict[str, Any], source: str = "checkpoint", migrate: bool = False) -> Config:
     """Rebuild a config saved with ``config_to_dict`` (``migrate``: one saved by an earlier version,
     its renamed keys taken under their new names)."""
-    return apply_dict(Config(), data, source, migrate)
+    return check_config(apply_dict(Config(), data, source, migrate))

@@ -8,8 +8,8 @@ from typing import Any
 import trimesh
 
 from recon.errors import InputError
-from recon.io import write_json_atomic
-from recon.mesh import extract_mesh, load_mesh, save_mesh
+from recon.io import check_output_file, write_json_atomic
+from recon.mesh import check_mesh_path, extract_mesh, load_mesh, save_mesh
 from recon.metrics import DETAIL_RADIUS_REL, Views, format_metrics, mesh_metrics
 from recon.run import RunDir, load_model
 
@@ -19,9 +19,7 @@ def run_mesh(run_dir: str | Path, resolution: int | None, largest_component: boo
     """Marching cubes on a fitted run's SDF -> mesh in world units (never empty)."""
     model = load_model(run_dir)
     cfg = model.cfg.mesh
-    resolution = resolution or cfg.resolution
-    if resolution < 8:
-        raise InputError("--resolution", f"must be at least 8, got {resolution}")
+    resolution = cfg.resolution if resolution is None else resolution
     r = model.cfg.render.scene_radius
     device = next(model.field.parameters()).device
 
@@ -51,17 +49,39 @@ def extract_run(
     largest_component: bool,
     gt_path: str | Path | None,
 ) -> str:
-    """Extract the run's surface to ``output``; return a one-paragraph summary (with metrics if GT exists)."""
+    """Extract the run's surface to ``output``; return a one-paragraph summary (with metrics against
+    ``gt_path``, or the scene's ground truth named in ``meta.json`` when it is found)."""
+    check_mesh_path(output)
+    metrics_path = Path(output).with_suffix(".metrics.json")
+    gt_path, note = _ground_truth(RunDir(Path(run_dir)), gt_path)
+    gt = load_mesh(gt_path) if gt_path is not None else None  # a bad --gt stops here, before the work
     mesh = run_mesh(run_dir, resolution, largest_component)
     save_mesh(mesh, output)
     lines = [f"mesh: {output} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces)"]
-    run = RunDir(Path(run_dir))
-    gt = gt_path or (run.read_meta().get("gt_mesh") if run.meta.is_file() else None)
-    if gt and Path(gt).is_file():
-        metrics = mesh_metrics(mesh, load_mesh(gt))
-        write_json_atomic(Path(output).with_suffix(".metrics.json"), metrics)
-        lines.append(f"vs {gt}: {format_metrics(metrics)}")
+    if gt is not None:
+        metrics = mesh_metrics(mesh, gt)
+        write_json_atomic(metrics_path, metrics)
+        lines.append(f"vs {gt_path}: {format_metrics(metrics)}")
+    elif note:
+        lines.append(note)
     return "\n".join(lines)
+
+
+def _ground_truth(run: RunDir, gt_path: str | Path | None) -> tuple[Path | None, str | None]:
+    """The mesh to score against: ``gt_path`` (it must exist), else the scene's from ``meta.json``
+    (absolute; a relative one of an earlier version is tried from here and from the run folder).
+    Returns it, or None and a line saying why nothing is scored."""
+    if gt_path is not None:
+        if not Path(gt_path).is_file():
+            raise InputError(gt_path, "ground-truth mesh file not found (--gt)")
+        return Path(gt_path), None
+    saved = run.read_meta().get("gt_mesh") if run.meta.is_file() else None
+    if not saved:
+        return None, None
+    for candidate in (Path(saved), run.root / saved):
+        if candidate.is_file():
+            return candidate, None
+    return None, f"not scored: the scene's ground truth {saved} (meta.json) is not found; give it with --gt"
 
 
 def evaluate_files(
@@ -76,6 +96,8 @@ def evaluate_files(
 
     ``cull_to``: a scene folder whose cameras (and masks) decide which surface counts.
     """
+    if json_path is not None:
+        check_output_file(json_path)
     views = None
     if cull_to is not None:
         from recon.datasets import load_scene

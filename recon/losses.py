@@ -21,8 +21,12 @@ def eikonal(gradients: torch.Tensor) -> torch.Tensor:
 
 
 def mask_bce(opacity: torch.Tensor, mask: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Binary cross-entropy between rendered opacity (R,) and the mask (R,)."""
-    return F.binary_cross_entropy(opacity.clamp(eps, 1.0 - eps), mask.to(opacity.dtype))
+    """Binary cross-entropy between rendered opacity (R,) and the mask (R,). Written out rather than
+    ``F.binary_cross_entropy``, which raises (a device assert on CUDA) on a NaN opacity: here a NaN
+    reaches the loss, where the trainer notices it."""
+    p = opacity.clamp(eps, 1.0 - eps)
+    target = mask.to(opacity.dtype)
+    return -(target * torch.log(p) + (1.0 - target) * torch.log1p(-p)).mean()
 
 
 def normal_smoothness(normals: torch.Tensor, normals_nearby: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from skimage.measure import marching_cubes
 from tqdm import tqdm
 
 from recon.errors import InputError
-from recon.io import atomic_path
+from recon.io import atomic_path, check_output_file
 
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
 """Maps points ``(M, 3)`` float32 (normalised frame, CPU) to SDF ``(M,)``, negative inside."""
@@ -326,12 +326,19 @@ def _assemble(all_verts: list[np.ndarray], all_faces: list[np.ndarray], origin: 
     return mesh
 
 
+def check_mesh_path(path: str | Path) -> None:
+    """``InputError`` unless ``save_mesh`` can write ``path``: a known suffix, a writable place."""
+    path = Path(path)
+    if path.suffix.lower() not in MESH_FORMATS:
+        raise InputError(path, f"unknown mesh format {path.suffix!r} (use one of {', '.join(MESH_FORMATS)})")
+    check_output_file(path)
+
+
 def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
     """Write ``mesh`` to ``path`` (.ply, .obj or .glb, chosen by suffix) atomically."""
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in MESH_FORMATS:
-        raise InputError(path, f"unknown mesh format {path.suffix!r} (use one of {', '.join(MESH_FORMATS)})")
+    check_mesh_path(path)
     with atomic_path(path) as tmp:
         mesh.export(tmp, file_type=suffix[1:])
     return path
@@ -342,10 +349,15 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "mesh file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
     try:
         mesh = trimesh.load(path, force="mesh", process=False)
     except Exception as err:  # noqa: BLE001 - every reader failure is one user-facing error
-        raise InputError(path, f"not a readable mesh ({type(err).__name__}: {err})") from None
+        raise InputError(path, f"not a readable mesh ({type(err).__name__}: {' '.join(str(err).split())})") from None
     if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
         raise InputError(path, "holds no triangles")
+    bad = int((~np.isfinite(mesh.vertices).all(axis=1)).sum())
+    if bad:
+        raise InputError(path, f"{bad} of its {len(mesh.vertices)} vertices have non-finite coordinates (NaN or inf)")
     return mesh

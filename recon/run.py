@@ -6,7 +6,8 @@ Layout of a run ``RUN``::
     RUN/config.yaml       the resolved configuration
     RUN/meta.json         data folder, image size, scale matrix, background, parameter counts
     RUN/metrics.jsonl     one JSON line per logged step (and the held-out scores at the end)
-    RUN/checkpoint.pt     everything a resume needs, written atomically
+    RUN/checkpoint.pt     everything a resume needs (tensors and plain containers), written atomically
+    RUN/.recon.lock       while a process writes the run: its lock (``RunDir.writing``)
     RUN/val/              validation renders, step_XXXXXX.png
     RUN/holdout.json      held-out scores; RUN/holdout/view_NNN.png their renders
     RUN/mesh.ply          (comparison arms) the extracted mesh, in world units
@@ -17,9 +18,12 @@ A comparison keeps one run per arm and seed in ``arm_run_dir(out, arm, seed)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Collection
+import pickle
+import warnings
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ import yaml
 from recon.config import Config, config_from_dict, config_to_dict
 from recon.errors import InputError
 from recon.fields import NeuralSDF
-from recon.io import atomic_path, write_json_atomic, write_text_atomic
+from recon.io import atomic_path, folder_lock, json_text, remove_temp_files, write_json_atomic, write_text_atomic
 from recon.render.background import Background, background_from_description
 from recon.render.density import Density, make_density
 
@@ -76,6 +80,14 @@ class RunDir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the run's lock (``recon.io.folder_lock``: another process writing it is an
+        ``InputError``) and remove the temporary files that interrupted writes left behind."""
+        with folder_lock(self.root):
+            remove_temp_files([self.root, self.val_dir, self.holdout_dir])
+            yield
+
     # ------------------------------------------------------------------ config and meta
 
     def write_config(self, cfg: Config) -> None:
@@ -91,10 +103,16 @@ class RunDir:
         write_json_atomic(self.meta, meta)
 
     def read_meta(self) -> dict[str, Any]:
-        """``meta.json``; an ``InputError`` when the run has none."""
+        """``meta.json``; an ``InputError`` when the run has none, or a broken one."""
         if not self.meta.is_file():
             raise InputError(self.root, "no meta.json: not a recon run directory")
-        return json.loads(self.meta.read_text())
+        try:
+            meta = json.loads(self.meta.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InputError(self.meta, f"not valid JSON ({type(err).__name__}: {' '.join(str(err).split())})") from None
+        if not isinstance(meta, dict):
+            raise InputError(self.meta, "not a recon meta.json (not a JSON object)")
+        return meta
 
     def holdout_summary(self) -> dict[str, Any] | None:
         """``holdout.json``, or None when the run held no views out."""
@@ -106,7 +124,7 @@ class RunDir:
         """Add one line to ``metrics.jsonl``."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self.metrics.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json_text(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """Every complete line of ``metrics.jsonl`` (a line cut short by a crash is skipped)."""
@@ -133,23 +151,64 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def checkpoint_stamp(self) -> tuple[int, int, int] | None:
+        """Identity of the checkpoint file on disk (inode, mtime, size), None when there is none:
+        a writer checks under the lock that no other process replaced it since it was read."""
+        try:
+            stat = self.checkpoint.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write ``checkpoint.pt`` atomically."""
         with atomic_path(self.checkpoint) as tmp:
             torch.save(state, tmp)
 
     def read_checkpoint(self) -> dict[str, Any] | None:
-        """The checkpoint's state on the CPU (None when there is none); unreadable: ``InputError``."""
+        """The checkpoint's state on the CPU (None when there is none). It is read as tensors and
+        plain containers only (``weights_only``: no code a file pickles is ever run); a file that
+        is not a recon checkpoint is an ``InputError``."""
         if not self.checkpoint.is_file():
             return None
+        if self.checkpoint.stat().st_size == 0:
+            raise InputError(self.checkpoint, "file is empty (0 bytes): not a recon checkpoint")
         try:
-            return torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user
+                warnings.simplefilter("ignore")
+                state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise InputError(self.checkpoint, "not a recon checkpoint: it holds objects other than tensors and "
+                             "plain containers (refused unloaded; nothing in it was run)") from None
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is one user-facing error
-            raise InputError(self.checkpoint, f"unreadable checkpoint ({type(err).__name__})") from None
+            raise InputError(self.checkpoint, f"not a readable checkpoint, truncated or corrupt ({type(err).__name__}: "
+                             f"{' '.join(str(err).split())[:120]})") from None
+        if not isinstance(state, dict):
+            raise InputError(self.checkpoint, f"not a recon checkpoint (holds a {type(state).__name__}, not a mapping)")
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise InputError(self.checkpoint, f"not a recon checkpoint (no {', '.join(missing)})")
+        wrong = [key for key, kind in CHECKPOINT_KEYS.items() if not isinstance(state[key], kind)]
+        if wrong:
+            raise InputError(self.checkpoint, f"not a recon checkpoint ({', '.join(wrong)} of the wrong type)")
+        return state
 
     def checkpoint_config(self, state: dict[str, Any]) -> Config:
         """The config a checkpoint was saved with."""
         return config_from_dict(state["config"], str(self.checkpoint), migrate=True)
+
+
+CHECKPOINT_KEYS = {"field": dict, "density": dict, "optimizer": dict, "step": int, "config": dict, "meta": dict}
+"""What every recon checkpoint holds (``RunDir.read_checkpoint`` refuses a file without them)."""
+
+
+def non_finite_tensors(named: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors in ``named`` that hold NaN or inf (one host sync for all of them)."""
+    floats = {name: t for name, t in named.items() if torch.is_tensor(t) and t.is_floating_point() and t.numel()}
+    if not floats:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).cpu()
+    return [name for name, ok in zip(floats, finite.tolist()) if not ok]
 
 
 def _logged_step(line: str) -> float:
@@ -229,6 +288,11 @@ def load_model(run_dir: str | Path, device: torch.device | None = None) -> Model
     if state is None:
         raise InputError(run.root, "no checkpoint.pt: not a recon run directory, or its fit has not saved yet")
     cfg = run.checkpoint_config(state)
+    bad = non_finite_tensors({f"field.{k}": v for k, v in state["field"].items()})
+    if bad:
+        raise InputError(run.checkpoint, f"the checkpoint holds non-finite parameters (NaN or inf) in {len(bad)} "
+                         f"tensors ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): its fit diverged; "
+                         "fit again with a lower train.lr")
     device = device or choose_device(cfg.train.device)
     meta = state["meta"]
     field, density = build_model(cfg, meta["n_images"], device)

@@ -8,6 +8,7 @@ field and the occupancy grid update their own training-time state from the step.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Collection
@@ -20,8 +21,9 @@ from tqdm import tqdm
 from recon.config import Config, config_to_dict
 from recon.datasets import load_scene
 from recon.datasets.scene import Scene
-from recon.errors import InputError
+from recon.errors import InputError, TrainingDiverged
 from recon.holdout import score_holdout, split_holdout
+from recon.io import check_output_dir
 from recon.objective import Objective, StepLosses
 from recon.optim import lr_factor, make_optimizer, set_learning_rates
 from recon.rays import RaySource
@@ -29,8 +31,13 @@ from recon.render.background import make_background
 from recon.render.image import render_image
 from recon.render.occupancy import make_occupancy_grid
 from recon.render.renderer import render_rays
-from recon.run import Model, RunDir, build_model, choose_device, resume_config
+from recon.run import Model, RunDir, build_model, choose_device, non_finite_tensors, resume_config
 from recon.visualize import save_validation_image
+
+log = logging.getLogger(__name__)
+
+DIVERGENCE_FACTOR = 1e3
+"""A logged loss this many times the first step's warns that the fit is diverging (without NaN yet)."""
 
 
 class Fitter:
@@ -40,8 +47,6 @@ class Fitter:
         self, scene: Scene, run_dir: Path, cfg: Config, data_dir: Path,
         held_out: Scene | None = None, held_out_indices: list[int] | None = None,
     ) -> None:
-        if cfg.train.holdout_supersample < 1:
-            raise InputError("train.holdout_supersample", f"must be at least 1, got {cfg.train.holdout_supersample}")
         self.scene, self.cfg, self.run = scene, cfg, RunDir(run_dir)
         self.device = choose_device(cfg.train.device)
         if cfg.train.threads > 0:
@@ -58,17 +63,25 @@ class Fitter:
         self.occupancy = make_occupancy_grid(cfg.render, self.device)
         self.objective = Objective(cfg.train, cfg.render.scene_radius, self.rays.cam_to_world, self.occupancy is not None)
         self.meta = {
-            "data_dir": str(data_dir),
+            "data_dir": str(Path(data_dir).resolve()),
             "n_images": scene.n_images,
             "image_size": [scene.height, scene.width],
             "scale_mat": scene.scale_mat.tolist(),
-            "gt_mesh": str(scene.gt_mesh_path) if scene.gt_mesh_path else None,
+            "gt_mesh": str(Path(scene.gt_mesh_path).resolve()) if scene.gt_mesh_path else None,
             "arm": cfg.geometry.arm,
             "background": self.background.describe(),
             "holdout_views": self.held_out_indices,
             **{f"n_params_{part}": n for part, n in self.field.parameter_counts().items()},
         }
         self.step, self.elapsed = 0, 0.0
+        self.saved_step: int | None = None
+        """The step of the run's last good checkpoint (None: none yet)."""
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        """The first step whose loss was NaN or inf (-1: none), kept on the device: updated every step
+        without a host sync, read at log lines, before checkpoints and at the end."""
+        self.first_loss: torch.Tensor | None = None
+        """The loss of this process's first step (on the device), the reference of the divergence warning."""
+        self.warned_divergence = False
 
     @property
     def model(self) -> Model:
@@ -89,14 +102,58 @@ class Fitter:
             training=True, image_index=batch.image_index, generator=self.generator, occupancy=self.occupancy,
         )
         losses: StepLosses = self.objective(self.field, batch, out, self.generator)
+        self._record_finite(losses.total.detach())
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         self.optimizer.step()
         self.step += 1
         return {name: float(value.detach()) for name, value in vars(losses).items() if value is not None}
 
+    def _record_finite(self, loss: torch.Tensor) -> None:
+        """Note (on the device, no sync) the step at which the loss is first non-finite."""
+        step = torch.full_like(self.first_bad_step, self.step + 1)
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step, self.first_bad_step)
+        if self.first_loss is None:
+            self.first_loss = loss
+
+    def check_finite(self) -> None:
+        """Raise ``TrainingDiverged`` when the loss was NaN or inf at any step so far (one host sync)."""
+        bad = int(self.first_bad_step)
+        if bad >= 0:
+            self._diverged(f"the loss became non-finite (NaN or inf) at step {bad}")
+
+    def check_state_finite(self) -> None:
+        """``check_finite``, and every parameter and optimiser state tensor is finite."""
+        self.check_finite()
+        modules = {"field": self.field, "density": self.density, "background": self.background}
+        named = {f"{part}.{key}": value for part, module in modules.items() for key, value in module.state_dict().items()}
+        param_names = {id(p): f"{part}.{key}" for part, module in modules.items() for key, p in module.named_parameters()}
+        for param, state in self.optimizer.state.items():
+            named.update({f"{param_names.get(id(param), '?')} (Adam {key})": value for key, value in state.items()})
+        bad = non_finite_tensors(named)
+        if bad:
+            self._diverged(f"{len(bad)} tensors of the training state became non-finite (NaN or inf) by step "
+                           f"{self.step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+
+    def _diverged(self, what: str) -> None:
+        kept = (f"the last good checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None
+                else "no checkpoint was written")
+        raise TrainingDiverged(self.run.root, f"training diverged: {what}; {kept}; lower train.lr "
+                               f"({self.cfg.train.lr:g}) and fit into a new folder")
+
+    def warn_if_diverging(self, loss: float) -> None:
+        """Warn once when the loss has grown by ``DIVERGENCE_FACTOR`` since the first step (no NaN yet)."""
+        if self.warned_divergence or self.first_loss is None:
+            return
+        first = float(self.first_loss)
+        if loss > DIVERGENCE_FACTOR * max(first, 1e-12):
+            self.warned_divergence = True
+            log.warning("%s: the loss grew from %.3g to %.3g by step %d: the fit is diverging; lower train.lr (%g)",
+                        self.run.root, first, loss, self.step, self.cfg.train.lr)
+
     def checkpoint_state(self) -> dict[str, Any]:
-        """Everything a resume needs."""
+        """Everything a resume needs: tensors and plain containers only (read back with
+        ``weights_only``)."""
         return {
             "field": self.field.state_dict(),
             "density": self.density.state_dict(),
@@ -112,8 +169,11 @@ class Fitter:
         }
 
     def save_checkpoint(self) -> None:
-        """Write the checkpoint atomically."""
+        """Write the checkpoint atomically, after checking that the training state is finite
+        (``TrainingDiverged`` otherwise: the last good checkpoint stays)."""
+        self.check_state_finite()
         self.run.save_checkpoint(self.checkpoint_state())
+        self.saved_step = self.step
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's state."""
@@ -127,9 +187,11 @@ class Fitter:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.saved_step = self.step
 
     def validate(self) -> float:
         """Render one view (rgb, normals, depth) to ``val/step_XXXXXX.png``; return its PSNR."""
+        self.check_finite()
         index = (self.step // max(self.cfg.train.val_every, 1)) % self.scene.n_images
         rendered = render_image(
             self.field, self.density, self.background, self.rays, index, self.cfg.render, self.cfg.train.val_max_side
@@ -152,8 +214,11 @@ class Fitter:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         record.update({name: losses[name] for name in ("depth", "normal_l1", "normal_angular") if name in losses})
-        if not all(math.isfinite(v) for v in record.values()):
-            raise FloatingPointError(f"non-finite training state at step {self.step}: {record}")
+        self.check_finite()
+        bad = [name for name, value in record.items() if not math.isfinite(value)]
+        if bad:
+            self._diverged(f"{', '.join(bad)} became non-finite (NaN or inf) by step {self.step}")
+        self.warn_if_diverging(record["loss"])
         self.run.append_metrics(record)
 
 
@@ -166,19 +231,25 @@ def fit(
     Returns the run directory. Everything the run writes is written atomically.
     """
     data_dir, run = Path(data_dir), RunDir(Path(run_dir))
+    check_output_dir(run.root)
+    stamp = run.checkpoint_stamp()
     state = run.read_checkpoint()
     if state is not None:
         cfg = resume_config(run.checkpoint_config(state), cfg, run.checkpoint, asked)
     scene = load_scene(data_dir, cfg.data.format, cfg.data.downscale, cfg.data.rgba_background)
     scene, held_out, held_out_indices = split_holdout(scene, cfg.train.holdout)
     fitter = Fitter(scene, run.root, cfg, data_dir, held_out, held_out_indices)
-    if state is not None:
-        fitter.restore(state)
-        run.truncate_metrics(fitter.step)
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(cfg)
-    run.write_meta(fitter.meta)
-    _loop(fitter, progress)
+    with run.writing():  # everything above only read; from here on this process is the run's one writer
+        if run.checkpoint_stamp() != stamp:
+            raise InputError(run.checkpoint, "was written by another process while this one started; rerun the "
+                             "command to resume from it")
+        if state is not None:
+            fitter.restore(state)
+            print(f"resuming {run.root} from step {fitter.step} of {cfg.train.iters}")
+        run.truncate_metrics(fitter.step)  # lines a killed process wrote after its last checkpoint
+        run.write_config(cfg)
+        run.write_meta(fitter.meta)
+        _loop(fitter, progress)
     return run.root
 
 
@@ -199,7 +270,8 @@ def _loop(fitter: Fitter, progress: bool) -> None:
         if fitter.step % t.ckpt_every == 0 and fitter.step < t.iters:
             fitter.save_checkpoint()
     bar.close()
-    if fitter.step == t.iters and t.iters > 0:
+    if fitter.step == t.iters:
+        fitter.check_state_finite()
         fitter.validate()
         if fitter.held_out is not None:
             score_holdout(fitter.model, fitter.held_out, fitter.held_out_indices, fitter.run, fitter.step, progress)

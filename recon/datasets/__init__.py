@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 from recon.datasets.detect import FORMATS, detect_format
+from recon.datasets.files import image_shape
 from recon.datasets.dtu import load_dtu
 from recon.datasets.monosdf import load_monosdf
 from recon.datasets.nerf_synthetic import load_nerf_synthetic
 from recon.datasets.ngp import load_ngp
+from recon.datasets.resample import crop_warning
 from recon.datasets.scene import Scene
 from recon.datasets.synthetic import SynthReport, synthesize
 from recon.errors import InputError
@@ -31,7 +34,7 @@ def load_scene(data_dir: str | Path, fmt: str = "auto", downscale: int = 1, rgba
     if fmt not in ("auto", *FORMATS):
         raise InputError(f"--format {fmt}", f"unknown format (choose auto, {', '.join(FORMATS)})")
     if not isinstance(downscale, int) or downscale < 1:
-        raise InputError(f"--downscale {downscale}", "must be a positive integer")
+        raise InputError("data.downscale (--downscale)", f"must be a positive integer, got {downscale!r}")
     if rgba_background not in ("white", "black"):
         raise InputError(f"data.rgba_background={rgba_background}", "must be white or black")
     fmt = detect_format(root) if fmt == "auto" else fmt
@@ -43,8 +46,18 @@ def load_scene(data_dir: str | Path, fmt: str = "auto", downscale: int = 1, rgba
         scene = load_nerf_synthetic(root, downscale, rgba_background)
     else:
         scene = load_ngp(root, downscale, rgba_background)
+    scene = _with_crop_warning(scene, downscale)
     log.info("%s: %s scene, %d views of %dx%d; unit sphere: %s", root, scene.format, scene.n_images,
              scene.width, scene.height, scene.normalization.describe())
     for warning in scene.warnings:  # once each, however many frames they count
         log.warning("%s: %s", root, warning)
     return scene
+
+
+def _with_crop_warning(scene: Scene, downscale: int) -> Scene:
+    """The scene, with a warning when ``downscale`` cropped its images (read from the first file's header)."""
+    if downscale == 1 or not scene.image_paths:
+        return scene
+    height, width = image_shape(scene.image_paths[0])[:2]
+    warning = crop_warning(height, width, downscale)
+    return dataclasses.replace(scene, warnings=(*scene.warnings, warning)) if warning else scene

@@ -93,6 +93,7 @@ def _find_images(root: Path) -> list[Path]:
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file (no pickles)."""
+    files.check_not_empty(path)
     if not zipfile.is_zipfile(path):
         raise InputError(path, "not a valid .npz archive")
     try:

@@ -57,10 +57,17 @@ def reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
+def check_not_empty(path: Path) -> None:
+    """``InputError`` when ``path`` is a file of 0 bytes (readers' own messages for it mislead)."""
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
+
+
 def image_shape(path: Path) -> tuple[int, ...]:
     """(H, W[, C]) from the file header, without decoding the pixels."""
     if not path.is_file():
         raise InputError(path, "image file does not exist")
+    check_not_empty(path)
     try:
         return tuple(iio.improps(path).shape)
     except Exception as exc:
@@ -155,8 +162,7 @@ def read_mask_values(path: Path) -> np.ndarray:
 
 def read_array(path: Path) -> np.ndarray:
     """A ``.npy`` array (no pickles)."""
-    if not path.is_file():
-        raise InputError(path, "file does not exist")
+    check_array_file(path)
     try:
         return np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -165,12 +171,40 @@ def read_array(path: Path) -> np.ndarray:
 
 def array_shape(path: Path) -> tuple[int, ...]:
     """Shape of a ``.npy`` file from its header (memory-mapped, nothing read)."""
-    if not path.is_file():
-        raise InputError(path, "file does not exist")
+    check_array_file(path)
     try:
         return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
     except Exception as exc:
         raise InputError(path, f"cannot read array ({reason(exc)})") from exc
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def check_array_file(path: Path) -> None:
+    """``InputError`` unless ``path`` is a ``.npy`` file of numbers (not missing, empty, another
+    format, or an array of Python objects)."""
+    if not path.is_file():
+        raise InputError(path, "file does not exist")
+    check_not_empty(path)
+    with path.open("rb") as handle:
+        if handle.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise InputError(path, "not a NumPy .npy file (no .npy header)")
+        handle.seek(0)
+        try:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+        except Exception as exc:
+            raise InputError(path, f"not a readable .npy file, truncated or corrupt header ({reason(exc)})") from None
+        data_start = handle.tell()
+    if dtype.hasobject:
+        raise InputError(path, "holds Python objects, not numbers (refused, not loaded)")
+    if dtype.kind not in "biuf":
+        raise InputError(path, f"holds {dtype} values, not numbers")
+    needed = data_start + dtype.itemsize * int(np.prod(shape))
+    if path.stat().st_size < needed:
+        raise InputError(path, f"truncated: {path.stat().st_size} bytes, its header promises {needed}")
 
 
 def fill_parallel(out: np.ndarray, items: Sequence[object], read: Callable[[object], np.ndarray]) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from recon.datasets import files
-from recon.datasets.ngp import frame_image, frame_pose, intrinsics_of, read_json, read_rgba_views
+from recon.datasets.ngp import frame_image, frame_pose, intrinsics_of, outside_warnings, read_json, read_rgba_views
 from recon.datasets.normalize import from_cameras, normalise_poses
 from recon.datasets.resample import downscaled_intrinsics
 from recon.datasets.scene import Scene
@@ -66,6 +66,7 @@ def load_nerf_synthetic(data_dir: str | Path, downscale: int = 1, background: st
     missing = [s for s in SPLITS if s not in present]
     warnings = [f"no {', '.join(f'transforms_{s}.json' for s in missing)}: only {', '.join(present)} views "
                 "(hold out training views to evaluate)"] if missing else []
+    warnings += outside_warnings(root, paths)
     return Scene(
         images=images, intrinsics=downscaled_intrinsics(K, downscale), cam_to_world=normalise_poses(poses, norm),
         scale_mat=norm.scale_mat, masks=masks, image_paths=tuple(paths), format="nerf-synthetic",

@@ -49,6 +49,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON object, or an InputError naming the file."""
     if not path.is_file():
         raise InputError(path, "file does not exist")
+    files.check_not_empty(path)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -95,23 +96,43 @@ def intrinsics_of(
         raise InputError(where, f"{view}: camera_model {meta['camera_model']!r} is not supported (OPENCV or PINHOLE)")
     h, w = size
     for key, value in (("w", w), ("h", h)):
-        if key in meta and int(round(float(meta[key]))) != value:
+        if key in meta and int(round(number(meta, key, where, view))) != value:
             raise InputError(where, f"{view}: {key}={meta[key]} but the image is {w}x{h} (WxH)")
     fx = _focal(meta, "fl_x", "camera_angle_x", w, where, view)
     fy = _focal(meta, "fl_y", "camera_angle_y", h, where, view, default=fx)
-    cx = float(meta.get("cx", w / 2)) - 0.5
-    cy = float(meta.get("cy", h / 2)) - 0.5
+    cx = number(meta, "cx", where, view, default=w / 2) - 0.5
+    cy = number(meta, "cy", where, view, default=h / 2) - 0.5
     K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    coeffs = {k: float(meta[k]) for k in DISTORTION_KEYS if float(meta.get(k, 0.0)) != 0.0}
+    coeffs = {k: number(meta, k, where, view) for k in DISTORTION_KEYS if number(meta, k, where, view, 0.0) != 0.0}
     return K, coeffs
+
+
+def number(meta: dict[str, Any], key: str, where: Path, view: str, default: float | None = None) -> float:
+    """``meta[key]`` as a finite float (``default`` when absent); anything else is an ``InputError``
+    naming the file, the view and the key."""
+    if key not in meta and default is not None:
+        return default
+    value = meta.get(key)
+    try:
+        if isinstance(value, (bool, list, dict)) or value is None:
+            raise TypeError
+        result = float(value)
+    except (TypeError, ValueError):
+        raise InputError(where, f"{view}: {key} must be a number, got {value!r}") from None
+    if not np.isfinite(result):
+        raise InputError(where, f"{view}: {key} must be finite, got {value!r}")
+    return result
 
 
 def _focal(meta: dict[str, Any], key: str, angle_key: str, pixels: int, where: Path, view: str,
            default: float | None = None) -> float:
     if key in meta:
-        return float(meta[key])
+        return number(meta, key, where, view)
     if angle_key in meta:
-        return 0.5 * pixels / np.tan(0.5 * float(meta[angle_key]))
+        angle = number(meta, angle_key, where, view)
+        if not 0.0 < angle < np.pi:
+            raise InputError(where, f"{view}: {angle_key} must be an angle in (0, pi) radians, got {angle:g}")
+        return 0.5 * pixels / np.tan(0.5 * angle)
     if default is not None:
         return default
     raise InputError(where, f"{view}: no focal length ({key} or {angle_key})")
@@ -161,6 +182,29 @@ def undistort_maps(K: np.ndarray, coeffs: list[dict[str, float]], size: tuple[in
             cache[key] = undistort_map(k, c, *size)
         maps.append(cache[key])
     return maps
+
+
+def _offset(data: dict[str, Any], where: Path) -> np.ndarray:
+    """instant-ngp's ``offset``: one number or three (the default when absent)."""
+    value = data.get("offset", NGP_OFFSET)
+    try:
+        offset = np.broadcast_to(np.asarray(value, dtype=np.float64), (3,))
+    except (TypeError, ValueError):
+        raise InputError(where, f"offset must be a number or three numbers, got {value!r}") from None
+    if not np.all(np.isfinite(offset)):
+        raise InputError(where, f"offset must be finite, got {value!r}")
+    return offset
+
+
+def outside_warnings(root: Path, paths: list[Path]) -> list[str]:
+    """One warning naming the image files that lie outside the capture folder (a ``file_path`` with
+    ``..`` or an absolute path: read, but likely a mistake or a file of another capture)."""
+    inside = root.resolve()
+    outside = [p for p in paths if not p.is_relative_to(inside)]
+    if not outside:
+        return []
+    return [f"{len(outside)} of {len(paths)} frames' file_path lead outside the capture folder {inside} "
+            f"(first: {outside[0]})"]
 
 
 def is_ngp(root: Path) -> bool:
@@ -217,6 +261,7 @@ def existing_frames(
     if skipped:
         warnings.append(f"{len(skipped)} of {total} frames skipped: their image files do not exist "
                         f"(first: {skipped[0].name})")
+    warnings += outside_warnings(root, paths)
     unread = sorted({key for _, f in frames for key in NOT_READ if key in f})
     if unread:
         warnings.append(f"frame entries not read: {', '.join(unread)}")
@@ -229,8 +274,10 @@ def ngp_normalization(data: dict[str, Any], K: np.ndarray, poses: np.ndarray, si
     ``aabb_scale``/``scale``/``offset`` and every camera lies outside its sphere; else from the cameras."""
     if not any(k in data for k in ("aabb_scale", "scale", "offset")):
         return from_cameras(K, poses, size, str(where))
-    scale = float(data.get("scale", NGP_SCALE))
-    offset = np.broadcast_to(np.asarray(data.get("offset", NGP_OFFSET), dtype=np.float64), (3,))
+    scale = number(data, "scale", where, "top level", default=NGP_SCALE)
+    if scale <= 0:
+        raise InputError(where, f"scale must be positive, got {scale:g}")
+    offset = _offset(data, where)
     norm = from_aabb(-offset / scale, (1.0 - offset) / scale, f"aabb (instant-ngp unit cube, scale {scale:g})")
     inside = int((np.linalg.norm(poses[:, :3, 3] - norm.centre, axis=1) <= norm.radius).sum())
     if inside:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recon.errors import InputError
+
 
 def downscaled_intrinsics(K: np.ndarray, factor: float) -> np.ndarray:
     """(..., 3, 3) intrinsics of images resized by 1 / ``factor`` with pixel centres aligned."""
@@ -22,8 +24,22 @@ def downscaled_intrinsics(K: np.ndarray, factor: float) -> np.ndarray:
 
 
 def downscaled_size(height: int, width: int, factor: int) -> tuple[int, int]:
-    """(H', W'): the whole blocks of ``factor x factor`` pixels (a remainder is cropped)."""
+    """(H', W'): the whole blocks of ``factor x factor`` pixels (a remainder is cropped, see
+    ``crop_warning``). A factor larger than the image is an ``InputError``: every loader calls this
+    before it decodes a pixel."""
+    if not 1 <= factor <= min(height, width):
+        raise InputError("data.downscale (--downscale)", f"must be in [1, {min(height, width)}] for these "
+                         f"{width}x{height} (WxH) images, got {factor}")
     return height // factor, width // factor
+
+
+def crop_warning(height: int, width: int, factor: int) -> str | None:
+    """What downscaling (H, W) images by ``factor`` crops, when it does not divide the size."""
+    rows, cols = height % factor, width % factor
+    if not rows and not cols:
+        return None
+    return (f"--downscale {factor} does not divide the {width}x{height} (WxH) images: the last {cols} columns and "
+            f"{rows} rows of pixels are cropped (intrinsics unchanged)")
 
 
 def downscale_uint8(image: np.ndarray, factor: int) -> np.ndarray:

@@ -31,6 +31,8 @@ from scipy.spatial.transform import Rotation
 
 from recon.datasets.cameras import look_at, pixel_grid, pixel_rays_unit_z, projection_from
 from recon.errors import InputError
+from recon.io import check_output_dir
+from recon.mesh import load_mesh
 from recon.raycast import Raycaster, RayHits
 
 DEFAULT_WORLD_CENTRE = (0.3, -0.2, 2.0)
@@ -433,21 +435,6 @@ class SynthReport:
     seconds: float
 
 
-def _load_user_mesh(mesh_path: Path) -> trimesh.Trimesh:
-    if not mesh_path.is_file():
-        raise InputError(mesh_path, "mesh file does not exist")
-    try:
-        mesh = trimesh.load(mesh_path, force="mesh")
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-        raise InputError(mesh_path, f"cannot read mesh ({reason})") from exc
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise InputError(mesh_path, "file holds no triangles")
-    if not np.all(np.isfinite(mesh.vertices)):
-        raise InputError(mesh_path, "mesh has non-finite vertex coordinates")
-    return mesh
-
-
 def default_scale_mat() -> np.ndarray:
     """(4, 4) scale_mat placing the default object in its (non-normalised) world frame."""
     scale_mat = np.eye(4)
@@ -473,13 +460,14 @@ def synthesize(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     refuse_non_empty(out_dir)  # before the (slow) mesh is built
+    check_output_dir(out_dir)
     _check_photo_args(n_views, size, 1)
     if mesh_path is None:
         scale_mat = default_scale_mat()
         mesh_world = make_default_object(mesh_resolution).apply_transform(scale_mat)
         source = f"default object (marching cubes at {mesh_resolution}^3)"
     else:
-        mesh_world = _load_user_mesh(Path(mesh_path))
+        mesh_world = load_mesh(mesh_path)
         scale_mat = normalisation_for(mesh_world)
         source = str(mesh_path)
     scale = float(scale_mat[0, 0])
