@@ -12,19 +12,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recon.config import ARMS
-from recon.errors import InputError
+from recon.errors import InputError, MissingDependencyError
 
 if TYPE_CHECKING:
     from recon.config import Config
 
 EXIT_BAD_INPUT = 2
+EXIT_MISSING_DEPENDENCY = 3
 RENAMED_OPTIONS = {"--encoding": "--arm", "--encodings": "--arms", "--background": "--rgba-background"}
 """Options of earlier versions -> their names now (refused with the new name)."""
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the embedded default scene (or a mesh of yours) as posed images")
-    p.add_argument("out_dir", type=Path, help="folder to create (DTU/IDR layout)")
+    p.add_argument("out_dir", type=Path, help="folder to create")
+    p.add_argument("--format", choices=["dtu", "colmap"], default="dtu",
+                   help="capture layout: dtu (IDR/NeuS, with depth and normal cues; default) or colmap (images/, "
+                        "masks/, sparse/0/*.bin with PINHOLE cameras and sparse points sampled on the mesh)")
     p.add_argument("--mesh", type=Path, default=None, help="render this mesh instead of the default object")
     p.add_argument("--views", type=int, default=40, help="number of views (default 40)")
     p.add_argument("--size", type=int, default=96, help="image width and height in pixels (default 96)")
@@ -34,7 +38,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume")
-    p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
+    p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic, ngp or colmap layout)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, renders)")
     p.add_argument("--arm", choices=ARMS, default=None, help="geometry arm (geometry.arm; default hashgrid)")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the config)")
@@ -55,11 +59,16 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     formats = typing.get_args(typing.get_type_hints(DataConfig)["format"])
     p.add_argument("--format", choices=formats, default=None, help="capture format (default: auto, detected)")
     p.add_argument("--downscale", type=int, default=None, metavar="D", help="area-average the images by D (default 1)")
+    p.add_argument("--colmap-sphere", type=float, nargs=4, default=None, metavar=("CX", "CY", "CZ", "R"),
+                   help="COLMAP captures: the scene sphere, centre and radius in the model's units (data.colmap_sphere)")
+    p.add_argument("--colmap-sphere-rule", choices=["points", "cameras"], default=None,
+                   help="COLMAP captures: sphere around the sparse points most cameras see (default), or from the "
+                        "cameras (data.colmap_sphere_rule)")
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="load a capture, validate it and print what was found, without training")
-    p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic or ngp layout)")
+    p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic, ngp or colmap layout)")
     _add_data_options(p)
     p.add_argument("--rgba-background", choices=["white", "black"], default="white",
                    help="colour RGBA images are composited on (data.rgba_background; default white)")
@@ -127,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_synth(args: argparse.Namespace) -> None:
     from recon.datasets import synthesize
 
-    synthesize(args.out_dir, mesh_path=args.mesh, n_views=args.views, size=args.size, seed=args.seed)
+    synthesize(args.out_dir, mesh_path=args.mesh, n_views=args.views, size=args.size, seed=args.seed,
+               layout=args.format)
     print(f"wrote scene to {args.out_dir}")
 
 
@@ -146,6 +156,10 @@ def _fit_request(args: argparse.Namespace) -> tuple[Config, set[str]]:
         overrides.append(f"data.format={args.format}")
     if getattr(args, "downscale", None) is not None:
         overrides.append(f"data.downscale={args.downscale}")
+    if getattr(args, "colmap_sphere", None) is not None:
+        overrides.append(f"data.colmap_sphere={list(args.colmap_sphere)}")
+    if getattr(args, "colmap_sphere_rule", None) is not None:
+        overrides.append(f"data.colmap_sphere_rule={args.colmap_sphere_rule}")
     config_file = getattr(args, "config", None)
     return load_config(config_file, overrides), asked_keys(config_file, overrides)
 
@@ -168,7 +182,8 @@ def _run_check(args: argparse.Namespace) -> None:
     from recon.datasets.check import describe
 
     logging.getLogger("recon.datasets").setLevel(logging.ERROR)  # the report below lists the warnings
-    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.rgba_background)
+    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.rgba_background,
+                       args.colmap_sphere or (), args.colmap_sphere_rule or "points")
     print("\n".join(describe(scene, args.data_dir)))
 
 
@@ -244,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"recon {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MissingDependencyError as err:
+        print(f"recon {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_MISSING_DEPENDENCY
     except KeyboardInterrupt:
         print(f"recon {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130

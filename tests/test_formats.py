@@ -110,7 +110,7 @@ def test_detect_format(blender_dir: Path, ngp_dir: Path, monosdf_dir: Path, dtu_
     with pytest.raises(InputError, match="unknown capture format"):
         load_scene(tmp_path / "empty")
     with pytest.raises(InputError, match="unknown format"):
-        load_scene(dtu_dir, fmt="colmap")
+        load_scene(dtu_dir, fmt="bundler")
     with pytest.raises(InputError, match="positive integer"):
         load_scene(dtu_dir, downscale=0)
 
