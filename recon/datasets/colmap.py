@@ -60,6 +60,8 @@ def is_colmap(root: Path) -> bool:
 def camera_intrinsics(camera: Camera, where: Path) -> tuple[np.ndarray, dict[str, float]]:
     """(3, 3) K in recon's pixel convention and the nonzero distortion coefficients of a camera."""
     p = [float(v) for v in camera.params]
+    if not np.all(np.isfinite(p)):
+        raise InputError(where, f"camera {camera.id}: non-finite parameters {p}")
     if camera.model not in SUPPORTED_MODELS:
         raise InputError(where, f"camera {camera.id}: model {camera.model} is not supported "
                          f"({', '.join(SUPPORTED_MODELS)}; undistort fisheye captures with colmap image_undistorter)")
@@ -70,8 +72,6 @@ def camera_intrinsics(camera: Camera, where: Path) -> tuple[np.ndarray, dict[str
     else:
         fx, fy, cx, cy, extra = p[0], p[1], p[2], p[3], p[4:]
         names = ("k1", "k2", "p1", "p2") if camera.model == "OPENCV" else ()
-    if not np.all(np.isfinite(p)):
-        raise InputError(where, f"camera {camera.id}: non-finite parameters {p}")
     K = np.array([[fx, 0.0, cx - 0.5], [0.0, fy, cy - 0.5], [0.0, 0.0, 1.0]])
     return K, {name: value for name, value in zip(names, extra) if value != 0.0}
 
@@ -168,6 +168,9 @@ def colmap_normalization(model: Model, K: np.ndarray, poses: np.ndarray, size: t
         raise InputError("data.colmap_sphere_rule", f"must be one of {', '.join(SPHERE_RULES)}, got {rule!r}")
     if rule == "cameras":
         return from_cameras(K, poses, size, where), []
+    bad = ~np.all(np.isfinite(model.points.xyz), axis=1)
+    if bad.any():
+        raise InputError(where, f"point {int(model.points.ids[bad][0])} has non-finite coordinates (NaN or inf)")
     return from_points(model.points.xyz, model.points.track_lengths, K, poses, size, where)
 
 
