@@ -77,7 +77,7 @@ def main() -> None:
     model = synthetic_model(args.images, args.observations)
     print(f"model: {len(model.images)} images, {len(model.points)} points, "
           f"{int(model.points.track_lengths.sum())} observations; pycolmap {pycolmap.__version__}")
-    print(f"import: recon.datasets.colmap_model {import_seconds('recon.datasets.colmap_model'):.2f} s, "
+    print(f"import: recon.datasets (the whole package the reader is in) {import_seconds('recon.datasets'):.2f} s, "
           f"pycolmap {import_seconds('pycolmap'):.2f} s")
     print("| format | size | recon read (s) | pycolmap read (s) | ratio |")
     print("|---|---|---|---|---|")

@@ -181,9 +181,14 @@ def _run_check(args: argparse.Namespace) -> None:
     from recon.datasets import load_scene
     from recon.datasets.check import describe
 
-    logging.getLogger("recon.datasets").setLevel(logging.ERROR)  # the report below lists the warnings
-    scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.rgba_background,
-                       args.colmap_sphere or (), args.colmap_sphere_rule or "points")
+    logger = logging.getLogger("recon.datasets")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the report below lists the warnings
+    try:
+        scene = load_scene(args.data_dir, args.format or "auto", args.downscale or 1, args.rgba_background,
+                           args.colmap_sphere or (), args.colmap_sphere_rule or "points")
+    finally:
+        logger.setLevel(level)  # in-process callers (tests, notebooks) keep their warnings
     print("\n".join(describe(scene, args.data_dir)))
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from conftest import assert_refused
 from recon.cli import main
 from recon.datasets import detect_format, load_scene, synthesize
 from recon.datasets.colmap import camera_intrinsics, load_colmap
@@ -444,14 +445,7 @@ def test_bad_colmap_input_gives_one_line_errors(name: str, colmap_scene_dir: Pat
     root = _copy(colmap_scene_dir, tmp_path)
     corrupt, expected = CORRUPTIONS[name]
     corrupt(root)
-    with pytest.raises(InputError) as err:
-        load_scene(root)
-    message = str(err.value)
-    assert "\n" not in message
-    for text in expected:
-        assert text in message, f"{text!r} not in {message!r}"
-    assert main(["check", str(root)]) == 2
-    assert capsys.readouterr().err.strip() == f"recon check: error: {message}"
+    assert_refused(root, expected, capsys)
 
 
 def test_nan_pose_corruption_hits_the_pose(colmap_scene_dir: Path, tmp_path: Path) -> None:
@@ -476,8 +470,8 @@ def test_recon_check_reports_a_colmap_capture(colmap_scene_dir: Path, capsys: py
 
 # ----------------------------------------------------------------------------- the same scene, two layouts
 
-EQUIVALENCE_ITERS = 60
-SAME_MESH_BOUND = 0.002
+EQUIVALENCE_ITERS = 100
+SAME_MESH_BOUND = 0.01
 """Chamfer-L1 between the two fits' meshes, relative to the GT diagonal. The DTU-layout fit's own
 seed-to-seed spread at these settings is several times larger (docs/DECISIONS.md, "COLMAP input"):
 with the same pixels, cameras and sphere, the two fits may differ by float rounding only."""

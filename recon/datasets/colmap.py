@@ -29,14 +29,8 @@ from recon.datasets import files
 from recon.datasets.colmap_model import Camera, Image, Model, is_model_folder, model_files, qvec_to_rotation, read_model
 from recon.datasets.ngp import read_rgba_views
 from recon.datasets.normalize import Normalization, from_cameras, from_points, normalise_poses
-from recon.datasets.resample import (
-    UndistortMap,
-    downscale_uint8,
-    downscaled_intrinsics,
-    downscaled_size,
-    undistort_maps,
-    undistort_uint8,
-)
+from recon.datasets.resample import UndistortMap, downscale_uint8, downscaled_intrinsics, downscaled_size
+from recon.datasets.resample import undistort_maps, undistort_uint8
 from recon.datasets.scene import Scene
 from recon.datasets.validate import check_cameras, check_pose
 from recon.errors import InputError
