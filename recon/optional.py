@@ -36,6 +36,7 @@ def require(module: str) -> ModuleType:
     except ImportError as exc:
         need = OPTIONAL[module]
         raise MissingDependencyError(
-            f"{module} is not installed, and {need.purpose} needs it: pip install 'recon[{need.extra}]' "
-            f"(or pip install {need.package}) [{type(exc).__name__}: {exc}]"
+            f"{module} is not installed, and {need.purpose} needs it: install recon's '{need.extra}' extra "
+            f"(pip install '.[{need.extra}]' in recon's folder) or pip install {need.package} "
+            f"[{type(exc).__name__}: {exc}]"
         ) from exc

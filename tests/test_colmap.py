@@ -498,3 +498,64 @@ def test_fitting_the_colmap_capture_gives_the_dtu_layout_mesh(tiny_scene_dir: Pa
     apart = mesh_metrics(meshes[1], meshes[0], n_points=20_000)["chamfer_l1"] / np.linalg.norm(gt.extents)
     assert apart < SAME_MESH_BOUND, apart
     assert mesh_metrics(meshes[0], gt, n_points=20_000)["chamfer_l1_rel"] < 0.2  # a surface was fitted at all
+
+
+def test_real_sfm_of_dtu_scan24_gets_the_sphere_idr_drew_by_hand(shared_data_dir: Path, tmp_path: Path) -> None:
+    """A real COLMAP model (pycolmap's SIFT + incremental mapping on the 20 staged DTU photographs,
+    downscaled 4x): recon reads it, and the sparse points' sphere, carried into DTU's frame by the
+    similarity that aligns the camera centres, is IDR's hand-made one (radius 231 mm)."""
+    pycolmap = pytest.importorskip("pycolmap")
+    source = shared_data_dir / "dtu_scan24_neus"
+    if not source.is_dir():
+        pytest.skip(f"{source} not found")
+    from recon.datasets.resample import downscale_uint8
+
+    root = tmp_path / "scan24"
+    (root / "images").mkdir(parents=True)
+    for path in sorted((source / "image").glob("*.png")):
+        iio.imwrite(root / "images" / path.name, downscale_uint8(iio.imread(path)[..., :3], 4))
+    database = tmp_path / "database.db"
+    pycolmap.set_random_seed(0)  # and one thread in every stage: the same model every run
+    pycolmap.extract_features(database, root / "images", camera_mode=pycolmap.CameraMode.SINGLE,
+                              extraction_options=pycolmap.FeatureExtractionOptions(num_threads=1))
+    pycolmap.match_exhaustive(database, matching_options=pycolmap.FeatureMatchingOptions(num_threads=1))
+    options = pycolmap.IncrementalPipelineOptions(num_threads=1, random_seed=0)  # its first model has 2 views
+    models = pycolmap.incremental_mapping(database, root / "images", tmp_path / "sfm", options=options)
+    largest = max(models.values(), key=lambda m: m.num_reg_images())
+    (root / "sparse" / "0").mkdir(parents=True)
+    largest.write(root / "sparse" / "0")
+    scene = load_scene(root)
+    assert scene.details["cameras"] == "1 (SIMPLE_RADIAL)" and scene.n_images >= 15
+    dtu = load_scene(source, downscale=4)
+    names = [p.name for p in dtu.image_paths]
+    ours = _world_poses(scene)[:, :3, 3]
+    theirs = _world_poses(dtu)[[names.index(p.name) for p in scene.image_paths], :3, 3]
+    scale, R, t = _similarity(ours, theirs)
+    assert np.abs(scale * ours @ R.T + t - theirs).max() < 10.0  # mm: the same cameras
+    centre = scale * R @ scene.scale_mat[:3, 3] + t
+    assert abs(scale * scene.scale_mat[0, 0] / dtu.scale_mat[0, 0] - 1.0) < 0.15
+    assert np.linalg.norm(centre - dtu.scale_mat[:3, 3]) < 0.2 * dtu.scale_mat[0, 0]
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares s, R, t with ``b ~ s R a + t`` for (N, 3) point sets (Umeyama)."""
+    ma, mb = a.mean(0), b.mean(0)
+    u, sv, vt = np.linalg.svd((b - mb).T @ (a - ma))
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    R = u @ d @ vt
+    scale = float((sv * np.diag(d)).sum() / ((a - ma) ** 2).sum())
+    return scale, R, mb - scale * R @ ma
+
+
+def test_sphere_config_keys() -> None:
+    from recon.config import load_config
+
+    data = load_config(None, ["data.colmap_sphere=[0.3, -0.2, 2, 50]", "data.colmap_sphere_rule=cameras"]).data
+    assert data.colmap_sphere == [0.3, -0.2, 2.0, 50.0] and all(isinstance(v, float) for v in data.colmap_sphere)
+    assert data.colmap_sphere_rule == "cameras" and load_config().data.colmap_sphere == []
+    with pytest.raises(InputError, match="data.colmap_sphere"):
+        load_config(None, ["data.colmap_sphere=50"])
+    with pytest.raises(InputError, match="data.colmap_sphere"):
+        load_config(None, ["data.colmap_sphere=[1, two]"])
+    with pytest.raises(InputError, match="must be one of points, cameras"):
+        load_config(None, ["data.colmap_sphere_rule=median"])
