@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from conftest import REPO_ROOT
 from recon.errors import MissingDependencyError
 from recon.optional import OPTIONAL, require
 
+tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
 PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 
 # Where open3d publishes wheels (checked on PyPI with `pip install --dry-run --only-binary=:all:
