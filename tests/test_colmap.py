@@ -310,9 +310,12 @@ def test_missing_images_are_skipped_with_one_warning_and_masks_by_stem(colmap_sc
         (root / "images" / f"{i:06d}.png").unlink()
     for mask in (root / "masks").iterdir():  # masks/000000.png instead of masks/000000.png.png
         mask.rename(mask.with_name(mask.name[: -len(".png")]))
+    shutil.copy(root / "images" / "000000.png", root / "images" / "extra.png")
     scene = load_scene(root)
     assert scene.n_images == 6 and scene.masks is not None and scene.masks.any()
-    assert scene.warnings[0] == "2 of 8 images skipped: their files do not exist (first: 000002.png)"
+    assert scene.warnings == ("2 of 8 images skipped: their files do not exist (first: 000002.png)",
+                              "1 of the 7 images in images/ not in the model (not registered by COLMAP), not used "
+                              "(first: extra.png)")
     (root / "masks" / "000003.png").unlink()
     with pytest.raises(InputError, match=r"masks/000003.png.png: mask file does not exist"):
         load_scene(root)

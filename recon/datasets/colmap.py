@@ -134,6 +134,13 @@ def existing_images(root: Path, model: Model, where: Path) -> tuple[list[Image],
                          f"(first: {missing[0].name})")
     warnings = [f"{len(missing)} of {len(ordered)} images skipped: their files do not exist "
                 f"(first: {missing[0].name})"] if missing else []
+    named = {im.name for im in ordered}
+    folder = root / IMAGE_DIR
+    unposed = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                     if p.suffix.lower() in files.IMAGE_SUFFIXES and p.relative_to(folder).as_posix() not in named)
+    if unposed:
+        warnings.append(f"{len(unposed)} of the {len(unposed) + len(kept)} images in {IMAGE_DIR}/ not in the model "
+                        f"(not registered by COLMAP), not used (first: {unposed[0]})")
     return [im for im, _ in kept], [path for _, path in kept], warnings
 
 
