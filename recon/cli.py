@@ -1,6 +1,7 @@
 """Command line: parses, loads the config, calls the library. Bad input exits with code 2.
 
-A fit that diverged (its loss or state became NaN or inf) exits with code 3.
+A fit that diverged (its loss or state became NaN or inf) exits with code 3; a command that needs an
+optional package that is not installed exits with code 4, naming the extra to install.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recon.config import ARMS, RANGES, Range, at_least, check_range
-from recon.errors import InputError, TrainingDiverged
+from recon.errors import InputError, MissingDependencyError, TrainingDiverged
 
 if TYPE_CHECKING:
     from recon.config import Config
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_MISSING_DEPENDENCY = 4
 EXIT_CODES = ("exit codes: 0 done; 2 bad input (one line names the file or key; nothing written); 3 the fit diverged "
-              "(NaN or inf; the last good checkpoint is kept); 130 interrupted (rerun to resume)")
+              "(NaN or inf; the last good checkpoint is kept); 4 an optional package is missing (one line names the extra); 130 interrupted (rerun to resume)")
 OPTION_RANGES: dict[str, Range] = {
     "iters": RANGES["train.iters"],
     "holdout": RANGES["train.holdout"],
@@ -39,7 +41,10 @@ RENAMED_OPTIONS = {"--encoding": "--arm", "--encodings": "--arms", "--background
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the embedded default scene (or a mesh of yours) as posed images")
-    p.add_argument("out_dir", type=Path, help="folder to create (DTU/IDR layout)")
+    p.add_argument("out_dir", type=Path, help="folder to create")
+    p.add_argument("--format", choices=["dtu", "colmap"], default="dtu",
+                   help="capture layout: dtu (IDR/NeuS, with depth and normal cues; default) or colmap (images/, "
+                        "masks/, sparse/0/*.bin with PINHOLE cameras and sparse points sampled on the mesh)")
     p.add_argument("--mesh", type=Path, default=None, help="render this mesh instead of the default object")
     p.add_argument("--views", type=int, default=40, help="number of views (default 40)")
     p.add_argument("--size", type=int, default=96, help="image width and height in pixels (default 96)")
@@ -49,7 +54,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="fit an SDF to posed images; rerun on the same --out to resume", epilog=EXIT_CODES)
-    p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
+    p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic, ngp or colmap layout)")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, renders)")
     p.add_argument("--arm", choices=ARMS, default=None, help="geometry arm (geometry.arm; default hashgrid)")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the config)")
@@ -70,11 +75,16 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     formats = typing.get_args(typing.get_type_hints(DataConfig)["format"])
     p.add_argument("--format", choices=formats, default=None, help="capture format (default: auto, detected)")
     p.add_argument("--downscale", type=int, default=None, metavar="D", help="area-average the images by D (default 1)")
+    p.add_argument("--colmap-sphere", type=float, nargs=4, default=None, metavar=("CX", "CY", "CZ", "R"),
+                   help="COLMAP captures: the scene sphere, centre and radius in the model's units (data.colmap_sphere)")
+    p.add_argument("--colmap-sphere-rule", choices=["points", "cameras"], default=None,
+                   help="COLMAP captures: sphere around the sparse points most cameras see (default), or from the "
+                        "cameras (data.colmap_sphere_rule)")
 
 
 def _add_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="load a capture, validate it and print what was found, without training")
-    p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic or ngp layout)")
+    p.add_argument("data_dir", type=Path, help="scene folder (dtu, monosdf, nerf-synthetic, ngp or colmap layout)")
     _add_data_options(p)
     p.add_argument("--rgba-background", choices=["white", "black"], default="white",
                    help="colour RGBA images are composited on (data.rgba_background; default white)")
@@ -149,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_synth(args: argparse.Namespace) -> None:
     from recon.datasets import synthesize
 
-    synthesize(args.out_dir, mesh_path=args.mesh, n_views=args.views, size=args.size, seed=args.seed)
+    synthesize(args.out_dir, mesh_path=args.mesh, n_views=args.views, size=args.size, seed=args.seed,
+               layout=args.format)
     print(f"wrote scene to {args.out_dir}")
 
 
@@ -168,6 +179,10 @@ def _fit_request(args: argparse.Namespace) -> tuple[Config, set[str]]:
         overrides.append(f"data.format={args.format}")
     if getattr(args, "downscale", None) is not None:
         overrides.append(f"data.downscale={args.downscale}")
+    if getattr(args, "colmap_sphere", None) is not None:
+        overrides.append(f"data.colmap_sphere={list(args.colmap_sphere)}")
+    if getattr(args, "colmap_sphere_rule", None) is not None:
+        overrides.append(f"data.colmap_sphere_rule={args.colmap_sphere_rule}")
     config_file = getattr(args, "config", None)
     return load_config(config_file, overrides), asked_keys(config_file, overrides)
 
@@ -194,9 +209,10 @@ def _run_check(args: argparse.Namespace) -> None:
     level = datasets_log.level
     datasets_log.setLevel(logging.ERROR)  # the report below lists the warnings
     try:
-        scene = load_scene(args.data_dir, args.format or "auto", downscale, args.rgba_background)
+        scene = load_scene(args.data_dir, args.format or "auto", downscale, args.rgba_background,
+                           args.colmap_sphere or (), args.colmap_sphere_rule or "points")
     finally:
-        datasets_log.setLevel(level)
+        datasets_log.setLevel(level)  # in-process callers (tests, notebooks) keep their warnings
     print("\n".join(describe(scene, args.data_dir)))
 
 
@@ -283,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"recon {args.command}: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except MissingDependencyError as err:
+        print(f"recon {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_MISSING_DEPENDENCY
     except KeyboardInterrupt:
         print(f"recon {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130

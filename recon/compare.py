@@ -101,11 +101,11 @@ def _is_finished(run: RunDir, settings: dict[str, Any]) -> bool:
 
 def run_compare(spec: CompareSpec, progress: bool = True) -> list[dict[str, Any]]:
     """Fit, extract and evaluate every arm not finished yet; return all arms' results."""
-    from recon.datasets import load_scene
+    from recon.datasets import load_data
 
     check_output_dir(spec.out_dir)
     data = spec.config_for(spec.arms[0], 0).data
-    scene = load_scene(spec.data_dir, data.format, data.downscale, data.rgba_background)  # bad input stops here
+    scene = load_data(spec.data_dir, data)  # bad input stops here
     settings = spec.settings()
     arms = [(arm, seed) for seed in range(spec.seeds) for arm in spec.arms]
     for arm, seed in arms:  # before anything is written

@@ -214,7 +214,7 @@ class TrainConfig:
 class DataConfig:
     """How a capture is read (recon.datasets.load_scene) and turned into rays."""
 
-    format: Literal["auto", "dtu", "monosdf", "nerf-synthetic", "ngp"] = "auto"
+    format: Literal["auto", "dtu", "monosdf", "nerf-synthetic", "ngp", "colmap"] = "auto"
     """Capture format; auto detects it from the files."""
     downscale: int = 1
     """Integer factor: images, masks and cues are area-averaged, intrinsics follow."""
@@ -223,6 +223,12 @@ class DataConfig:
     fit renders behind the scene is ``render.background``."""
     max_rays: int = 1 << 20
     """Most rays built at once (a training batch, or a chunk of a rendered image)."""
+    colmap_sphere_rule: Literal["points", "cameras"] = "points"
+    """COLMAP captures: the scene sphere around the sparse points most cameras see, or from the cameras
+    alone (as for the JSON formats)."""
+    colmap_sphere: list[float] = dataclasses.field(default_factory=list)
+    """COLMAP captures: the scene sphere given, [cx, cy, cz, r] in the model's world units (overrides
+    the rule); empty: by the rule."""
 
 
 @dataclass
@@ -421,8 +427,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return float(value)
         if annotation is str:
             return str(value)
+        if origin is list:
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
+            (item,) = typing.get_args(annotation)
+            return [_coerce(v, item, where) for v in value]
     except (TypeError, ValueError):
-        raise InputError(where, f"expects {annotation.__name__}, got {value!r}") from None
+        raise InputError(where, f"expects {getattr(annotation, '__name__', annotation)}, got {value!r}") from None
     return value
 
 

@@ -23,3 +23,7 @@ class TrainingDiverged(RuntimeError):
         self.where = str(where)
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
+
+
+class MissingDependencyError(ImportError):
+    """An optional package a command needs is not installed (one line naming the extra to install)."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import trimesh
 
+from recon.optional import require
+
 
 @dataclass
 class RayHits:
@@ -40,7 +42,7 @@ class Raycaster:
     """A mesh's ray-casting scene: rays -> first hits, points -> unsigned distance."""
 
     def __init__(self, mesh: trimesh.Trimesh) -> None:
-        import open3d as o3d  # optional dependency
+        o3d = require("open3d")
 
         self.mesh = mesh
         self._scene = o3d.t.geometry.RaycastingScene()
@@ -50,7 +52,7 @@ class Raycaster:
 
     def cast(self, origins: np.ndarray, dirs: np.ndarray) -> RayHits:
         """First hits of the rays ``origins + t dirs`` (both (N, 3), ``dirs`` of any length)."""
-        import open3d as o3d
+        o3d = require("open3d")
 
         rays = np.concatenate([origins, dirs], axis=-1).reshape(-1, 6).astype(np.float32)
         out = self._scene.cast_rays(o3d.core.Tensor(rays))
@@ -70,7 +72,7 @@ class Raycaster:
 
     def distance(self, points: np.ndarray) -> np.ndarray:
         """(N,) float64 unsigned distance from ``points`` (N, 3) to the mesh's surface."""
-        import open3d as o3d
+        o3d = require("open3d")
 
         query = o3d.core.Tensor(np.ascontiguousarray(points, dtype=np.float32))
         return self._scene.compute_distance(query).numpy().astype(np.float64)

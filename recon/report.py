@@ -25,6 +25,7 @@ from recon.compare import load_results, summarise
 from recon.errors import InputError
 from recon.io import atomic_path, write_text_atomic
 from recon.mesh import load_mesh
+from recon.optional import require
 from recon.run import RunDir, arm_run_dir
 
 FILES = "report_files"
@@ -129,7 +130,7 @@ def detail_spots(gt: trimesh.Trimesh, count: int = 2, n_points: int = 60_000, se
     ``CLOSEUP_HALF_WIDTH_REL / 2`` x diagonal has the largest mean score, each
     spot at least two such radii from the ones before it.
     """
-    import open3d as o3d
+    o3d = require("open3d")
 
     from recon.metrics import DETAIL_RADIUS_REL, sample_surface, surface_variation
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from recon.config import Config, config_to_dict
-from recon.datasets import load_scene
+from recon.datasets import load_data
 from recon.datasets.scene import Scene
 from recon.errors import InputError, TrainingDiverged
 from recon.holdout import score_holdout, split_holdout
@@ -236,7 +236,7 @@ def fit(
     state = run.read_checkpoint()
     if state is not None:
         cfg = resume_config(run.checkpoint_config(state), cfg, run.checkpoint, asked)
-    scene = load_scene(data_dir, cfg.data.format, cfg.data.downscale, cfg.data.rgba_background)
+    scene = load_data(data_dir, cfg.data)
     scene, held_out, held_out_indices = split_holdout(scene, cfg.train.holdout)
     fitter = Fitter(scene, run.root, cfg, data_dir, held_out, held_out_indices)
     with run.writing():  # everything above only read; from here on this process is the run's one writer

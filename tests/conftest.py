@@ -65,3 +65,20 @@ def sphere_rays(n: int, seed: int = 0, spread: float = 0.4) -> tuple[torch.Tenso
     origins = 2.5 * origins / origins.norm(dim=-1, keepdim=True)
     dirs = spread * torch.randn(n, 3, generator=g) - origins
     return origins, dirs / dirs.norm(dim=-1, keepdim=True)
+
+
+def assert_refused(root: Path, expected: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Loading the capture at ``root`` fails with a one-line InputError holding every ``expected``
+    text, and ``recon check`` prints that line and exits with code 2."""
+    from recon.cli import main
+    from recon.datasets import load_scene
+    from recon.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        load_scene(root)
+    message = str(err.value)
+    assert "\n" not in message
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
+    assert main(["check", str(root)]) == 2
+    assert capsys.readouterr().err.strip() == f"recon check: error: {message}"

@@ -30,7 +30,8 @@ def _cues(scene: Scene) -> str:
 
 
 def describe(scene: Scene, data_dir: Path) -> list[str]:
-    """Lines for ``recon check``: format, views, resolution, masks, cues, splits, normalisation, warnings."""
+    """Lines for ``recon check``: format, views, resolution, masks, cues, the format's details, splits,
+    normalisation, warnings."""
     norm = scene.normalization
     fx, fy = scene.intrinsics[0, 0, 0], scene.intrinsics[0, 1, 1]
     splits = ", ".join(f"{name} {len(views)}" for name, views in scene.splits.items()) or "none (all views train)"
@@ -42,6 +43,7 @@ def describe(scene: Scene, data_dir: Path) -> list[str]:
         f"resolution:    {scene.width}x{scene.height} (WxH), focal {fx:.1f}/{fy:.1f} px (view 0)",
         f"masks:         {masks}",
         f"cues:          {_cues(scene)}",
+        *(f"{name + ':':<15}{value}" for name, value in scene.details.items()),
         f"splits:        {splits}",
         f"normalisation: {norm.describe()}",
         f"pixels:        {scene.images.nbytes / 2**20:.1f} MiB (uint8, one copy)",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from recon.config import DataConfig
 from recon.datasets import files
+from recon.datasets.colmap import is_colmap
 from recon.datasets.dtu import CAMERA_FILES, IMAGE_DIRS
 from recon.datasets.monosdf import is_monosdf
 from recon.datasets.nerf_synthetic import is_nerf_synthetic
@@ -18,7 +19,7 @@ FORMATS: tuple[str, ...] = tuple(f for f in typing.get_args(typing.get_type_hint
 
 
 def detect_format(root: Path) -> str:
-    """The format of the capture in ``root`` (first match: monosdf, dtu, nerf-synthetic, ngp)."""
+    """The format of the capture in ``root`` (first match: monosdf, dtu, nerf-synthetic, ngp, colmap)."""
     files.check_data_dir(root)
     if is_monosdf(root):
         return "monosdf"
@@ -28,8 +29,10 @@ def detect_format(root: Path) -> str:
         return "nerf-synthetic"
     if is_ngp(root):
         return "ngp"
+    if is_colmap(root):
+        return "colmap"
     raise InputError(
         root,
         "unknown capture format: expected cameras_sphere.npz/cameras.npz + image/ (dtu), cameras.npz + *_rgb.png "
-        "(monosdf), transforms_train.json (nerf-synthetic) or transforms.json (ngp)",
+        "(monosdf), transforms_train.json (nerf-synthetic), transforms.json (ngp) or images/ + sparse/0/ (colmap)",
     )

@@ -25,7 +25,7 @@ from recon.datasets.resample import (
     downscale_uint8,
     downscaled_intrinsics,
     downscaled_size,
-    undistort_map,
+    undistort_maps,
     undistort_uint8,
 )
 from recon.datasets.scene import Scene
@@ -167,21 +167,6 @@ def read_rgba_views(
     if all(m is None for m in masks):
         return images, None
     return images, np.stack([np.ones((h, w), bool) if m is None else m for m in masks])
-
-
-def undistort_maps(K: np.ndarray, coeffs: list[dict[str, float]], size: tuple[int, int]) -> list[UndistortMap | None]:
-    """One map per view (shared between views with the same camera), None without distortion."""
-    cache: dict[tuple, UndistortMap] = {}
-    maps: list[UndistortMap | None] = []
-    for k, c in zip(K, coeffs):
-        if not c:
-            maps.append(None)
-            continue
-        key = (tuple(np.round(k.ravel(), 9)), tuple(sorted(c.items())))
-        if key not in cache:
-            cache[key] = undistort_map(k, c, *size)
-        maps.append(cache[key])
-    return maps
 
 
 def _offset(data: dict[str, Any], where: Path) -> np.ndarray:

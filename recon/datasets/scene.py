@@ -36,12 +36,14 @@ class Scene:
             or None; 0 where a view has no cue.
         image_paths: the files the images came from (for messages).
         gt_mesh_path: ground-truth mesh in world units, when the scene has one.
-        format: the capture format it was read from (dtu, monosdf, nerf-synthetic, ngp).
+        format: the capture format it was read from (dtu, monosdf, nerf-synthetic, ngp, colmap).
         normalization_source: where scale_mat came from (the format's scale matrix,
             the cameras, or an aabb).
         splits: view indices of the named splits a format provides ("train", "val",
             "test"); empty when the format has none (every view is a training view).
         warnings: what the loader skipped or guessed, one line each.
+        details: what else the loader read that ``recon check`` reports, by name (a COLMAP
+            model's camera models, distortion and sparse points).
     """
 
     images: np.ndarray
@@ -57,6 +59,7 @@ class Scene:
     normalization_source: str = "scale_mat"
     splits: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    details: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -106,4 +109,5 @@ class Scene:
             normalization_source=self.normalization_source,
             splits={name: views for name, views in splits.items() if len(views)},
             warnings=self.warnings,
+            details=self.details,
         )

@@ -23,17 +23,21 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import imageio.v3 as iio
 import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from recon.datasets.cameras import look_at, pixel_grid, pixel_rays_unit_z, projection_from
+from recon.datasets.cameras import look_at, pixel_grid, pixel_rays_unit_z, project_points, projection_from
 from recon.errors import InputError
 from recon.io import check_output_dir
 from recon.mesh import load_mesh
 from recon.raycast import Raycaster, RayHits
+
+if TYPE_CHECKING:
+    from recon.datasets.colmap_model import Model
 
 DEFAULT_WORLD_CENTRE = (0.3, -0.2, 2.0)
 DEFAULT_WORLD_SCALE = 50.0
@@ -41,6 +45,8 @@ USER_MESH_RADIUS = 0.8  # a user's mesh is scaled so its bounding box fits this 
 LIGHT_DIR = np.array([0.35, -0.45, 0.82]) / np.linalg.norm([0.35, -0.45, 0.82])
 AMBIENT = 0.35
 INFO_NAME = "synthetic.json"
+LAYOUTS = ("dtu", "colmap")
+"""The capture layouts synthetic scenes are written in."""
 GROOVE_DEPTH = 0.022
 
 
@@ -325,10 +331,8 @@ def _world_mats(views: Photographs, scale_mat: np.ndarray) -> list[np.ndarray]:
     """(4, 4) world-unit projection matrices ``[K [R|t]; 0 0 0 1]`` per view."""
     mats = []
     for K, pose in zip(views.intrinsics, views.cam_to_world):
-        world_pose = pose.copy()
-        world_pose[:3, 3] = (scale_mat @ np.append(pose[:3, 3], 1.0))[:3]
         mat = np.eye(4)
-        mat[:3] = projection_from(K, world_pose)
+        mat[:3] = projection_from(K, _world_pose(pose, scale_mat))
         mats.append(mat)
     return mats
 
@@ -355,6 +359,101 @@ def write_dtu_layout(
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda job: iio.imwrite(job[0], job[1]), jobs))
     mesh_world.export(folder / "gt_mesh.ply")
+
+
+SPARSE_POINTS = 2000
+"""Surface points sampled for a synthetic COLMAP model's points3D (those seen by two views or more are kept)."""
+
+
+def sparse_points(views: Photographs, mesh: trimesh.Trimesh, n_points: int = SPARSE_POINTS,
+                  seed: int = 0) -> tuple[np.ndarray, list[list[tuple[int, np.ndarray]]]]:
+    """Surface points of ``mesh`` (normalised units) and where each is seen: per point, the
+    (view, (u, v) pixel) of every view whose image holds it unoccluded; only points seen twice or more.
+    What structure-from-motion would triangulate, without its noise."""
+    points = np.asarray(trimesh.sample.sample_surface(mesh, n_points, seed=seed)[0], dtype=np.float64)
+    caster = Raycaster(mesh)
+    height, width = views.images.shape[1:3]
+    seen: list[list[tuple[int, np.ndarray]]] = [[] for _ in points]
+    for view, (K, pose) in enumerate(zip(views.intrinsics, views.cam_to_world)):
+        uv, z = project_points(K, pose, points)
+        dirs = points - pose[:3, 3]
+        hits = caster.cast(np.broadcast_to(pose[:3, 3], dirs.shape), dirs)  # t = 1 at the point itself
+        inside = (z > 0) & (uv[:, 0] >= -0.5) & (uv[:, 0] <= width - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] <= height - 0.5)
+        for i in np.flatnonzero(inside & (hits.t_hit > 1.0 - 1e-3)):
+            seen[i].append((view, uv[i]))
+    keep = [i for i, obs in enumerate(seen) if len(obs) >= 2]
+    return points[keep], [seen[i] for i in keep]
+
+
+def colmap_model_of(views: Photographs, scale_mat: np.ndarray, mesh: trimesh.Trimesh,
+                    names: list[str], seed: int = 0) -> "Model":
+    """The COLMAP model of ``views`` in world units (``scale_mat``): one PINHOLE camera per distinct
+    K, world-to-camera poses, and sparse points sampled on ``mesh`` (normalised) with their tracks."""
+    from recon.datasets.colmap_model import Camera, Image, Model, Points3D, rotation_to_qvec
+
+    height, width = views.images.shape[1:3]
+    cameras: dict[int, Camera] = {}
+    camera_of: list[int] = []
+    for K in views.intrinsics:
+        params = np.array([K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5])  # COLMAP: first pixel's centre at 0.5
+        match = next((c.id for c in cameras.values() if np.array_equal(c.params, params)), None)
+        if match is None:
+            match = len(cameras) + 1
+            cameras[match] = Camera(match, "PINHOLE", width, height, params)
+        camera_of.append(match)
+    points, tracks = sparse_points(views, mesh, seed=seed)
+    observations: list[list[tuple[np.ndarray, int]]] = [[] for _ in names]
+    track_rows = []
+    for point_id, track in enumerate(tracks, start=1):
+        for view, uv in track:
+            track_rows.append((view + 1, len(observations[view])))
+            observations[view].append((uv + 0.5, point_id))
+    images = {}
+    for view, (pose, name) in enumerate(zip(views.cam_to_world, names)):
+        world_to_cam = np.linalg.inv(_world_pose(pose, scale_mat))
+        obs = observations[view]
+        xy = np.array([o[0] for o in obs]).reshape(-1, 2)
+        images[view + 1] = Image(view + 1, rotation_to_qvec(world_to_cam[:3, :3]), world_to_cam[:3, 3],
+                                 camera_of[view], name, xy, np.array([o[1] for o in obs], np.int64))
+    world = points @ scale_mat[:3, :3].T + scale_mat[:3, 3]
+    rgb = np.array([_pixel(views.images[t[0][0]], t[0][1]) for t in tracks], np.uint8)
+    lengths = np.array([len(t) for t in tracks], np.int64)
+    return Model(cameras, images, Points3D(np.arange(1, len(points) + 1), world, rgb.reshape(-1, 3),
+                                           np.zeros(len(points)), lengths, np.array(track_rows, np.int32).reshape(-1, 2)))
+
+
+def _pixel(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """The pixel of (H, W, 3) ``image`` nearest to ``uv`` (integers are pixel centres)."""
+    u = min(max(int(np.rint(uv[0])), 0), image.shape[1] - 1)
+    v = min(max(int(np.rint(uv[1])), 0), image.shape[0] - 1)
+    return image[v, u]
+
+
+def write_colmap_layout(folder: Path, views: Photographs, scale_mat: np.ndarray, mesh_world: trimesh.Trimesh,
+                        binary: bool = True, seed: int = 0) -> None:
+    """Write views (normalised) as a COLMAP capture in world units into ``folder``: ``images/``,
+    ``masks/<name>.png``, ``sparse/0/`` (binary or text) and ``gt_mesh.ply``."""
+    from recon.datasets.colmap_model import write_model
+
+    names = [f"{i:06d}.png" for i in range(len(views.images))]
+    model = colmap_model_of(views, scale_mat, _to_normalised(mesh_world, scale_mat), names, seed)
+    write_model(model, folder / "sparse" / "0", binary)
+    for name in ("images", "masks"):
+        (folder / name).mkdir()
+    jobs = []
+    for name, image, mask in zip(names, views.images, views.masks):
+        jobs.append((folder / "images" / name, image))
+        jobs.append((folder / "masks" / f"{name}.png", mask.astype(np.uint8) * np.uint8(255)))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda job: iio.imwrite(job[0], job[1]), jobs))
+    mesh_world.export(folder / "gt_mesh.ply")
+
+
+def _world_pose(pose: np.ndarray, scale_mat: np.ndarray) -> np.ndarray:
+    """(4, 4) camera-to-world pose in world units of a normalised pose (similarity ``scale_mat``)."""
+    world_pose = pose.copy()
+    world_pose[:3, 3] = (scale_mat @ np.append(pose[:3, 3], 1.0))[:3]
+    return world_pose
 
 
 def normalisation_for(mesh: trimesh.Trimesh, radius: float = USER_MESH_RADIUS) -> np.ndarray:
@@ -385,29 +484,36 @@ def photograph_scene(
     fov_deg: float = 45.0,
     supersample: int = 2,
     info: dict | None = None,
+    layout: str = "dtu",
 ) -> np.ndarray:
-    """Photograph ``mesh_world`` into ``out_dir`` in the DTU/IDR layout, atomically.
+    """Photograph ``mesh_world`` into ``out_dir`` in the DTU/IDR or the COLMAP layout, atomically.
 
-    Writes ``cameras_sphere.npz``, ``image/``, ``mask/``, ``depth/`` (world
-    z-depth), ``normal/``, ``gt_mesh.ply`` and ``synthetic.json``. Without a
-    ``scale_mat`` the mesh's bounding box is fitted into a sphere of radius
-    0.8. Returns the (4, 4) scale_mat used.
+    dtu: ``cameras_sphere.npz``, ``image/``, ``mask/``, ``depth/`` (world z-depth),
+    ``normal/``; colmap: ``images/``, ``masks/``, ``sparse/0/*.bin`` (PINHOLE cameras, sparse
+    points sampled on the mesh and seen by two views or more). Both: ``gt_mesh.ply`` and
+    ``synthetic.json``. Without a ``scale_mat`` the mesh's bounding box is fitted into a
+    sphere of radius 0.8. Returns the (4, 4) scale_mat used.
     """
-    _check_photo_args(n_views, size, supersample)
+    _check_photo_args(n_views, size, supersample, layout)
     out_dir = Path(out_dir)
     if scale_mat is None:
         scale_mat = normalisation_for(mesh_world)
     scale_mat = np.asarray(scale_mat, dtype=np.float64)
     with atomic_dir(out_dir) as tmp:
         views = photograph_views(_to_normalised(mesh_world, scale_mat), n_views, size, seed, fov_deg, supersample)
-        write_dtu_layout(tmp, views, scale_mat, mesh_world)
-        meta = dict(info or {}, n_views=n_views, size=size, seed=seed, fov_deg=fov_deg)
+        if layout == "colmap":
+            write_colmap_layout(tmp, views, scale_mat, mesh_world, seed=seed)
+        else:
+            write_dtu_layout(tmp, views, scale_mat, mesh_world)
+        meta = dict(info or {}, layout=layout, n_views=n_views, size=size, seed=seed, fov_deg=fov_deg)
         meta["scale_mat"] = scale_mat.tolist()
         (tmp / INFO_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     return scale_mat
 
 
-def _check_photo_args(n_views: int, size: int, supersample: int) -> None:
+def _check_photo_args(n_views: int, size: int, supersample: int, layout: str = "dtu") -> None:
+    if layout not in LAYOUTS:
+        raise InputError("--format", f"synthetic scenes are written as {' or '.join(LAYOUTS)}, not {layout}")
     if n_views < 1:
         raise InputError("n_views", f"must be at least 1, got {n_views}")
     if size < 4:
@@ -450,8 +556,10 @@ def synthesize(
     size: int = 96,
     seed: int = 0,
     mesh_resolution: int = 256,
+    layout: str = "dtu",
 ) -> SynthReport:
-    """Photograph the default object, or the mesh at ``mesh_path``, into ``out_dir`` (DTU layout).
+    """Photograph the default object, or the mesh at ``mesh_path``, into ``out_dir`` (``layout``:
+    dtu or colmap; see :func:`photograph_scene`).
 
     A user's mesh stays in its own units (the world frame); it is normalised by
     its bounding-box centre and half-diagonal so that it fits a sphere of radius
@@ -461,7 +569,7 @@ def synthesize(
     out_dir = Path(out_dir)
     refuse_non_empty(out_dir)  # before the (slow) mesh is built
     check_output_dir(out_dir)
-    _check_photo_args(n_views, size, 1)
+    _check_photo_args(n_views, size, 1, layout)
     if mesh_path is None:
         scale_mat = default_scale_mat()
         mesh_world = make_default_object(mesh_resolution).apply_transform(scale_mat)
@@ -473,5 +581,5 @@ def synthesize(
     scale = float(scale_mat[0, 0])
     centre = tuple(float(c) for c in scale_mat[:3, 3])
     info = {"source": source, "centre": list(centre), "scale": scale}
-    photograph_scene(mesh_world, out_dir, n_views, size, seed, scale_mat=scale_mat, info=info)
+    photograph_scene(mesh_world, out_dir, n_views, size, seed, scale_mat=scale_mat, info=info, layout=layout)
     return SynthReport(out_dir, source, n_views, size, centre, scale, time.perf_counter() - start)
