@@ -83,9 +83,10 @@ class EncodingConfig:
     """Dense grid: features per vertex."""
     init_scale: float = 1e-4
     """Parameters start uniform in [-init_scale, init_scale]."""
-    backend: Literal["auto", "torch", "tcnn", "fused"] = "auto"
-    """auto: tinycudann on CUDA when it imports, else the fused CPU kernel on the CPU when it
-    builds, else pure PyTorch; fused: the compiled CPU kernel (an error when it cannot be built)."""
+    backend: Literal["auto", "torch", "tcnn", "fused", "triton"] = "auto"
+    """auto: on CUDA tinycudann when it imports, else the Triton kernels when triton imports; on the
+    CPU the fused kernel when it builds; else pure PyTorch. fused: the compiled CPU kernel (an error
+    when it cannot be built); triton: the Triton GPU kernels (CUDA)."""
     c2f_start_levels: int = 0
     """Coarse-to-fine (Neuralangelo): hash-grid levels whose features the SDF MLP sees at the start,
     one more every c2f_every steps (0: all levels from the start)."""

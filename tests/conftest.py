@@ -1,11 +1,29 @@
-"""Shared fixtures."""
+"""Shared fixtures, the ``cuda`` marker, and Triton's interpreter on machines without a GPU."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    # Triton reads this when its kernels are decorated (at the import of
+    # recon.encodings.triton_kernels, which nothing does before the tests run): without a GPU
+    # the Triton backend then runs its kernels on CPU tensors, so every pass is tested here too.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` when torch sees no CUDA device."""
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -65,3 +83,9 @@ def sphere_rays(n: int, seed: int = 0, spread: float = 0.4) -> tuple[torch.Tenso
     origins = 2.5 * origins / origins.norm(dim=-1, keepdim=True)
     dirs = spread * torch.randn(n, 3, generator=g) - origins
     return origins, dirs / dirs.norm(dim=-1, keepdim=True)
+
+
+@pytest.fixture(scope="session")
+def training_device() -> torch.device:
+    """The device ``train.device=auto`` picks on this machine (CUDA when there is one)."""
+    return torch.device("cuda" if CUDA else "cpu")
