@@ -8,6 +8,7 @@ field and the occupancy grid update their own training-time state from the step.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Collection
@@ -29,8 +30,16 @@ from recon.render.background import make_background
 from recon.render.image import render_image
 from recon.render.occupancy import make_occupancy_grid
 from recon.render.renderer import render_rays
-from recon.run import Model, RunDir, build_model, choose_device, resume_config
+from recon.render.samplers import compact_rows
+from recon.run import Model, RunDir, build_model, choose_device, resume_config, runnable_here
 from recon.visualize import save_validation_image
+
+logger = logging.getLogger(__name__)
+
+
+def reseed(seed: int, step: int) -> int:
+    """The batch generator's seed for a run resumed at ``step`` on another kind of device."""
+    return (seed * 1_000_003 + step) % (1 << 63)
 
 
 class Fitter:
@@ -54,9 +63,13 @@ class Fitter:
         self.background = make_background(scene, cfg.render, self.device)
         extra = list(self.density.parameters()) + list(self.background.parameters())
         self.optimizer = make_optimizer(self.field, cfg.train, extra)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
         self.occupancy = make_occupancy_grid(cfg.render, self.device)
-        self.objective = Objective(cfg.train, cfg.render.scene_radius, self.rays.cam_to_world, self.occupancy is not None)
+        self.compact = compact_rows(self.device)
+        """Cut work down to the rays that need it by host-side selection (the CPU), or keep fixed shapes (CUDA)."""
+        self.objective = Objective(
+            cfg.train, cfg.render.scene_radius, self.rays.cam_to_world, self.occupancy is not None, self.compact
+        )
         self.meta = {
             "data_dir": str(data_dir),
             "n_images": scene.n_images,
@@ -75,8 +88,13 @@ class Fitter:
         """The networks being fitted, with the config and the scene's normalisation."""
         return Model(self.field, self.density, self.background, self.cfg, self.scene.scale_mat, self.meta)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns its loss terms."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns its loss terms as detached 0-d tensors on the device.
+
+        Nothing in it reads a value back to the host (``tests/test_host_sync.py``), except the
+        occupancy grid's update every ``train.occupancy_every`` steps: a CUDA step is one stream of
+        kernels. Convert the terms to numbers only when they are logged.
+        """
         self.field.update_step(self.step)
         set_learning_rates(self.optimizer, lr_factor(self.step, self.cfg.train))
         if self.occupancy is not None:
@@ -87,13 +105,14 @@ class Fitter:
         out = render_rays(
             self.field, self.density, batch.origins, batch.dirs, self.cfg.render, self.background,
             training=True, image_index=batch.image_index, generator=self.generator, occupancy=self.occupancy,
+            compact=self.compact,
         )
         losses: StepLosses = self.objective(self.field, batch, out, self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         losses.total.backward()
         self.optimizer.step()
         self.step += 1
-        return {name: float(value.detach()) for name, value in vars(losses).items() if value is not None}
+        return {name: value.detach() for name, value in vars(losses).items() if value is not None}
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything a resume needs."""
@@ -104,7 +123,9 @@ class Fitter:
             "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "generator_device": self.device.type,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "step": self.step,
             "elapsed": self.elapsed,
             "config": config_to_dict(self.cfg),
@@ -124,9 +145,24 @@ class Fitter:
         if self.occupancy is not None and state.get("occupancy") is not None:
             self.occupancy.load_state_dict(state["occupancy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        torch.set_rng_state(state["torch_rng"])
+        self._restore_generator(state)
+
+    def _restore_generator(self, state: dict[str, Any]) -> None:
+        """The batch generator's state, when the checkpoint was written on this kind of device; else a
+        seed derived from (seed, step): a resume on another device continues, not bit-identically."""
+        if state.get("generator_device", "cpu") == self.device.type:
+            self.generator.set_state(state["generator"])
+            if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            return
+        self.generator.manual_seed(reseed(self.cfg.train.seed, self.step))
+        logger.warning(
+            "checkpoint written on %s, resumed on %s: the random draws continue from a seed derived from "
+            "(train.seed, step), so the run is not bit-identical to one that never moved", state.get("generator_device", "cpu"),
+            self.device.type,
+        )
 
     def validate(self) -> float:
         """Render one view (rgb, normals, depth) to ``val/step_XXXXXX.png``; return its PSNR."""
@@ -137,8 +173,10 @@ class Fitter:
         save_validation_image(self.run.val_dir / f"step_{self.step:06d}.png", rendered)
         return rendered.psnr
 
-    def log(self, losses: dict[str, float]) -> None:
-        """One line of the metrics log: the step's losses, beta, the learning rate and the time so far."""
+    def log(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One line of the metrics log: the step's losses, beta, the learning rate and the time so far
+        (the one place the step's values are read back to the host); returns the losses as numbers."""
+        losses = {name: float(value) for name, value in terms.items()}
         record = {
             "step": self.step,
             "elapsed_s": round(self.elapsed, 3),
@@ -155,6 +193,7 @@ class Fitter:
         if not all(math.isfinite(v) for v in record.values()):
             raise FloatingPointError(f"non-finite training state at step {self.step}: {record}")
         self.run.append_metrics(record)
+        return losses
 
 
 def fit(
@@ -168,7 +207,7 @@ def fit(
     data_dir, run = Path(data_dir), RunDir(Path(run_dir))
     state = run.read_checkpoint()
     if state is not None:
-        cfg = resume_config(run.checkpoint_config(state), cfg, run.checkpoint, asked)
+        cfg = resume_config(runnable_here(run.checkpoint_config(state)), cfg, run.checkpoint, asked)
     scene = load_scene(data_dir, cfg.data.format, cfg.data.downscale, cfg.data.rgba_background)
     scene, held_out, held_out_indices = split_holdout(scene, cfg.train.holdout)
     fitter = Fitter(scene, run.root, cfg, data_dir, held_out, held_out_indices)
@@ -192,7 +231,7 @@ def _loop(fitter: Fitter, progress: bool) -> None:
         fitter.elapsed += time.perf_counter() - start
         bar.update(1)
         if fitter.step % t.log_every == 0 or fitter.step == t.iters:
-            fitter.log(losses)
+            losses = fitter.log(losses)
             bar.set_postfix(loss=f"{losses['total']:.4f}", psnr=f"{losses['psnr']:.2f}")
         if t.val_every > 0 and fitter.step % t.val_every == 0 and fitter.step < t.iters:
             fitter.validate()

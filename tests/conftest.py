@@ -57,6 +57,7 @@ def small_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Small, fast settings for fits inside tests (section.key=value overrides).
 FAST_FIT = [
+    "train.device=cpu",  # the CPU tests stay on the CPU on a GPU machine; tests/test_cuda.py covers CUDA
     "encoding.n_levels=6",
     "encoding.log2_hashmap_size=14",
     "encoding.finest_resolution=96",
