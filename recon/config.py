@@ -190,7 +190,11 @@ class TrainConfig:
     seed: int = 0
     """Random seed."""
     device: str = "auto"
-    """auto, cpu or cuda."""
+    """auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda."""
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    """Float32 matrix products, i.e. the MLPs (the grids have none): highest (full float32), high (TF32
+    on GPUs that have it), medium (bfloat16 products); torch.set_float32_matmul_precision. Off by
+    default: what TF32 or bf16 costs in accuracy is not measured yet (docs/DECISIONS.md)."""
     log_every: int = 50
     """Steps between lines of the metrics log."""
     val_every: int = 500

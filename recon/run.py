@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = (
     "train.iters", "train.device", "train.threads", "train.log_every", "train.val_every", "train.ckpt_every",
-    "encoding.backend", "data.max_rays",
+    "train.matmul_precision", "encoding.backend", "data.max_rays",
 )
 """Settings a resumed run may take from the new command: they change neither what is fitted nor how
 (the step count, where and how fast it runs, how often it reports). Any other change is refused."""

@@ -55,6 +55,7 @@ class Fitter:
         self.device = choose_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
+        torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         torch.manual_seed(cfg.train.seed)
         self.rays = RaySource(scene, self.device, cfg.data.max_rays)
         self.held_out = RaySource(held_out, self.device, cfg.data.max_rays) if held_out is not None else None

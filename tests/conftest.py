@@ -31,10 +31,19 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def tiny_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default synthetic scene at 8 views of 32x32 (DTU layout). Treat as read-only."""
+    """The default synthetic scene at 8 views of 32x32 (DTU layout). Treat as read-only.
+
+    ``RECON_TINY_SCENE`` names one made beforehand (``make_tiny_scene``), for a machine without
+    open3d (which the synthesis needs): ``benchmarks/gpu_check.sh``."""
+    if os.environ.get("RECON_TINY_SCENE"):
+        return Path(os.environ["RECON_TINY_SCENE"])
+    return make_tiny_scene(tmp_path_factory.mktemp("tiny_scene") / "scene")
+
+
+def make_tiny_scene(out: Path) -> Path:
+    """Write the tiny scene of ``tiny_scene_dir`` to ``out``."""
     from recon.datasets import synthesize
 
-    out = tmp_path_factory.mktemp("tiny_scene") / "scene"
     synthesize(out, n_views=8, size=32, seed=0, mesh_resolution=64)
     return out
 
@@ -84,9 +93,3 @@ def sphere_rays(n: int, seed: int = 0, spread: float = 0.4) -> tuple[torch.Tenso
     origins = 2.5 * origins / origins.norm(dim=-1, keepdim=True)
     dirs = spread * torch.randn(n, 3, generator=g) - origins
     return origins, dirs / dirs.norm(dim=-1, keepdim=True)
-
-
-@pytest.fixture(scope="session")
-def training_device() -> torch.device:
-    """The device ``train.device=auto`` picks on this machine (CUDA when there is one)."""
-    return torch.device("cuda" if CUDA else "cpu")

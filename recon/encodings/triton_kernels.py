@@ -279,38 +279,11 @@ def scatter_kernel(
         vx = tl.load(ggx + 3 * rows, mask=rows_ok, other=0.0) * dsx
         vy = tl.load(ggx + 3 * rows + 1, mask=rows_ok, other=0.0) * dsy
         vz = tl.load(ggx + 3 * rows + 2, mask=rows_ok, other=0.0) * dsz
-    _scatter_corner(
-        out, cx, cy, cz, 0, 0, 0, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
-    _scatter_corner(
-        out, cx, cy, cz, 1, 0, 0, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
-    _scatter_corner(
-        out, cx, cy, cz, 0, 1, 0, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
-    _scatter_corner(
-        out, cx, cy, cz, 1, 1, 0, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
-    _scatter_corner(
-        out, cx, cy, cz, 0, 0, 1, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
-    _scatter_corner(
-        out, cx, cy, cz, 1, 0, 1, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
-    _scatter_corner(
-        out, cx, cy, cz, 0, 1, 1, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
-    _scatter_corner(
-        out, cx, cy, cz, 1, 1, 1, res, size, offset, hashed, sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats,
-        F, WEIGHTED, DIRECTIONAL,
-    )
+    for corner in tl.static_range(8):  # unrolled: the corner's side per axis is a constant
+        _scatter_corner(
+            out, cx, cy, cz, corner & 1, corner >> 1 & 1, corner >> 2 & 1, res, size, offset, hashed,
+            sx, sy, sz, vx, vy, vz, go_w, go_dir, mask, feats, F, WEIGHTED, DIRECTIONAL,
+        )
 
 
 def _interpreted() -> bool:
