@@ -58,7 +58,9 @@ from recon.encodings.torch_backend import _corner_indices, _index_dtype  # noqa:
 PASSES = ("forward", "forward+backward", "eikonal", "train step")
 
 
-def best_ms(step: Callable[[], None], repeats: int, clock: Callable[[], float], sync: Callable[[], None] = lambda: None) -> float:
+def best_ms(
+    step: Callable[[], None], repeats: int, clock: Callable[[], float], sync: Callable[[], None] = lambda: None
+) -> float:
     """Best time of ``step`` over ``repeats`` runs, after one warm-up run, in ms (``sync`` waits for the
     device before each clock reading)."""
     step()
@@ -181,7 +183,9 @@ def main_cuda(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--points", type=int, nargs="+", default=None, help="point counts (CPU: the first only; default 65536)")
+    parser.add_argument(
+        "--points", type=int, nargs="+", default=None, help="point counts (CPU: the first only, default 65536)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")

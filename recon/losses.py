@@ -72,7 +72,8 @@ def depth_scale_shift(
     regular = det > 1e-12 * (a00 * a11).clamp_min(1e-30)
     det = torch.where(regular, det, torch.ones_like(det))  # no 0/0 in either branch's gradient
     zero = torch.zeros_like(det)
-    return torch.where(regular, (a11 * b0 - a01 * b1) / det, zero), torch.where(regular, (-a01 * b0 + a00 * b1) / det, zero)
+    scale = torch.where(regular, (a11 * b0 - a01 * b1) / det, zero)
+    return scale, torch.where(regular, (-a01 * b0 + a00 * b1) / det, zero)
 
 
 def ssi_depth(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

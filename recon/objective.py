@@ -96,7 +96,8 @@ class Objective:
         device = batch.origins.device
         uniform = (torch.rand(n, 3, generator=generator, device=device) * 2.0 - 1.0) * self.scene_radius
         jitter = (torch.rand(n, 3, generator=generator, device=device) - 0.5) * 0.02
-        behind_u = torch.rand(n, BEHIND_SAMPLES if self.points_behind_surface else 0, generator=generator, device=device)
+        n_behind = BEHIND_SAMPLES if self.points_behind_surface else 0
+        behind_u = torch.rand(n, n_behind, generator=generator, device=device)
         opacity = out.opacity.detach()
         opaque = opacity > 0.5
         distance = out.depth.detach() / opacity.clamp_min(1e-6)
@@ -113,7 +114,8 @@ class Objective:
             per_ray = torch.ones(n, dtype=torch.bool, device=device) if weight is None else weight
             samples = torch.ones(out.sample_gradients.shape[0], dtype=torch.bool, device=device)
             own = [per_ray, per_ray, per_ray[:, None].expand(-1, behind_u.shape[1]).reshape(-1)]
-            weights = torch.cat([samples if out.sample_mask is None else out.sample_mask, torch.ones_like(opaque), *own])
+            rendered = samples if out.sample_mask is None else out.sample_mask
+            weights = torch.cat([rendered, torch.ones_like(opaque), *own])
         eik = eikonal(torch.cat([out.sample_gradients, grad]), weights)
         if self.cfg.smooth_weight == 0:
             return eik, grad.new_zeros(())

@@ -161,8 +161,8 @@ class Fitter:
         self.generator.manual_seed(reseed(self.cfg.train.seed, self.step))
         logger.warning(
             "checkpoint written on %s, resumed on %s: the random draws continue from a seed derived from "
-            "(train.seed, step), so the run is not bit-identical to one that never moved", state.get("generator_device", "cpu"),
-            self.device.type,
+            "(train.seed, step), so the run is not bit-identical to one that never moved",
+            state.get("generator_device", "cpu"), self.device.type,
         )
 
     def validate(self) -> float:
@@ -229,9 +229,12 @@ def _loop(fitter: Fitter, progress: bool) -> None:
     while fitter.step < t.iters:
         start = time.perf_counter()
         losses = fitter.train_step()
+        logging_now = fitter.step % t.log_every == 0 or fitter.step == t.iters
+        if logging_now and fitter.device.type == "cuda":
+            torch.cuda.synchronize(fitter.device)  # the steps queued so far count in elapsed_s
         fitter.elapsed += time.perf_counter() - start
         bar.update(1)
-        if fitter.step % t.log_every == 0 or fitter.step == t.iters:
+        if logging_now:
             losses = fitter.log(losses)
             bar.set_postfix(loss=f"{losses['total']:.4f}", psnr=f"{losses['psnr']:.2f}")
         if t.val_every > 0 and fitter.step % t.val_every == 0 and fitter.step < t.iters:

@@ -101,7 +101,8 @@ def test_a_cuda_fit_extracts_on_both_devices(tiny_scene_dir: Path, tmp_path: Pat
     on_gpu, on_cpu = (load_model(tmp_path / "run", torch.device(d)) for d in ("cuda", "cpu"))
     points = torch.rand(500, 3) * 1.6 - 0.8
     with torch.no_grad():
-        torch.testing.assert_close(on_gpu.field.sdf(points.to(CUDA)).cpu(), on_cpu.field.sdf(points), rtol=1e-4, atol=1e-5)
+        gpu_sdf, cpu_sdf = on_gpu.field.sdf(points.to(CUDA)).cpu(), on_cpu.field.sdf(points)
+    torch.testing.assert_close(gpu_sdf, cpu_sdf, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("first", "then"), [("cpu", "cuda"), ("cuda", "cpu")])

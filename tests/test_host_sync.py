@@ -64,7 +64,8 @@ class SyncRecorder(TorchDispatchMode):
         syncing = packet in SYNCING or (packet in INDEXING and _bool_index(args))
         on_host = bool(args) and isinstance(args[0], torch.Tensor) and args[0].data_ptr() in self.host_tensors
         if syncing and not (packet is aten._local_scalar_dense and on_host):
-            where = [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_stack()[:-1] if "/recon/" in f.filename]
+            stack = traceback.extract_stack()[:-1]
+            where = [f"{f.filename}:{f.lineno} {f.name}" for f in stack if "/recon/" in f.filename]
             self.syncs.append(f"{func} at {' <- '.join(reversed(where[-4:]))}")
         return func(*args, **(kwargs or {}))
 
@@ -125,7 +126,8 @@ def test_fixed_shapes_render_what_compaction_renders(sampler: str) -> None:
     cfg = RenderConfig(sampler=sampler, n_eval=32, n_importance=16, n_extra=8, occupancy_resolution=0)
     origins, dirs = sphere_rays(64, spread=0.9)
     background = ConstantBackground([1.0, 1.0, 1.0])
-    outs = [render_rays(field, make_density(cfg), origins, dirs, cfg, background, False, compact=c) for c in (True, False)]
+    density = make_density(cfg)
+    outs = [render_rays(field, density, origins, dirs, cfg, background, False, compact=c) for c in (True, False)]
     assert not bool(outs[0].hit.all()) and bool(outs[0].hit.any())
     for name in ("rgb", "depth", "normal", "opacity", "hit"):
         tol = (1e-5, 1e-6) if sampler == "surface_guided" else (0.0, 2e-2)

