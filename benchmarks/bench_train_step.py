@@ -30,11 +30,14 @@ from recon.train import Fitter  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
-    """Milliseconds per call (after one warm-up call)."""
+    """Milliseconds per call (after one warm-up call; on a CUDA machine the queued kernels are waited for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    sync()
     return (time.perf_counter() - start) / repeats * 1000
 
 

@@ -8,6 +8,7 @@ kernels on CUDA; ``tests/test_cuda.py`` adds realistic sizes there.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -218,3 +219,38 @@ def test_cpu_only_under_the_interpreter_and_cuda_only_without(
     on_cpu, on_cuda = (TritonGridEncoding.unavailable(torch.device(d)) for d in ("cpu", "cuda"))
     assert (on_cpu is None) == interpreted and (on_cuda is None) == (not interpreted)
     assert "TRITON_INTERPRET=1" in (on_cuda if interpreted else on_cpu)
+
+
+COMPILE_FOR_HOPPER = """
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from recon.encodings import triton_kernels as k
+
+base = {"N_LEVELS": 16, "F": 2, "F_PAD": 2, "SMOOTH": True, "BLOCK": 128}
+jobs = [
+    (k.forward_kernel, {**base, "DERIVATIVES": True}),
+    (k.grad_x_kernel, base),
+    (k.grad_x_back_kernel, {**base, "NEED_GO": True, "NEED_X": True}),
+    (k.scatter_kernel, {**base, "WEIGHTED": True, "DIRECTIONAL": True}),
+]
+for fn, consts in jobs:
+    types = {name: "constexpr" if name in consts else {"levels_i": "*i64", "n": "i32"}.get(name, "*fp32")
+             for name in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn=fn, signature=types, constexprs=consts), target=GPUTarget("cuda", 90, 32))
+    assert "atom" in compiled.asm["ptx"] or fn is not k.scatter_kernel
+    print(fn.__name__, "ok")
+"""
+
+
+def test_kernels_compile_for_a_hopper_gpu_without_one() -> None:
+    """The compiled path, not the interpreter's: every kernel through Triton's compiler to sm_90 code
+    (the H100 / H200), which needs no GPU; the interpreter accepts code the compiler may refuse."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["forward_kernel", "ok", "grad_x_kernel", "ok", "grad_x_back_kernel", "ok",
+                                  "scatter_kernel", "ok"]
