@@ -52,11 +52,6 @@ def interpreted() -> bool:
     return kernels.interpreted
 
 
-def triton_available() -> bool:
-    """Whether ``triton`` imports."""
-    return _import_kernels()[0] is not None
-
-
 @functools.lru_cache(maxsize=64)
 def _level_tables(grid: GridLayout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-level constants on ``device``: (L, 3) float32 (scale, 6 scale, scale^2), rounded to float32
