@@ -17,7 +17,14 @@ import torch
 
 from encoding_checks import assert_float32_close, run_pass, training_step_grads
 from recon.config import EncodingConfig
-from recon.encodings import TorchGridEncoding, TritonGridEncoding, backend_class, make_encoding, triton_backend
+from recon.encodings import (
+    AUTO,
+    TorchGridEncoding,
+    TritonGridEncoding,
+    backend_class,
+    make_encoding,
+    triton_backend,
+)
 from recon.encodings.tcnn_backend import TcnnGridEncoding
 from recon.errors import InputError
 
@@ -198,7 +205,7 @@ def test_auto_on_cuda_prefers_tcnn_then_triton_then_torch(
     for cls, ok in ((TcnnGridEncoding, tcnn_ok), (TritonGridEncoding, triton_ok)):
         monkeypatch.setattr(cls, "unavailable", classmethod(lambda c, device, ok=ok: None if ok else "absent"))
     assert backend_class("auto", torch.device("cuda")) is picked
-    assert backend_class("auto", torch.device("cpu")) is not TritonGridEncoding
+    assert AUTO["cuda"] == ("tcnn", "triton", "torch") and "triton" not in AUTO["cpu"]
 
 
 def test_importing_recon_never_imports_triton() -> None:
