@@ -8,8 +8,14 @@ per training ray so far: ``sampler_evals`` (SDF only, no gradient: sampler and o
 grid updates) and ``render_evals`` (SDF, feature and gradient with its double backward:
 the rendered samples), which do not depend on how busy the machine is.
 
-Run: .venv/bin/python benchmarks/bench_fit.py [--scene DIR] [--iters 2000] [--every 250]
-         [--encodings hashgrid,densegrid] [--csv out.csv] [--plot out.png] [--stop N] [section.key=value ...]
+A scene without ``gt_mesh.ply`` (a real capture such as ``../shared/data/dtu_scan24_neus``) is
+scored on held-out views instead (``--holdout K``: every K-th view; PSNR and mask IoU), and with
+ground truth too when ``--holdout`` is given. ``--device cuda`` fits on the GPU (each timed step
+ends with ``torch.cuda.synchronize()``; the training step itself never waits for the GPU).
+
+Run: .venv/bin/python benchmarks/bench_fit.py [--scene DIR] [--iters 2000] [--every 250] [--device cuda]
+         [--holdout K] [--encodings hashgrid,densegrid] [--csv out.csv] [--plot out.png] [--stop N]
+         [--config FILE] [section.key=value ...]
      .venv/bin/python benchmarks/bench_fit.py --replot a.csv b.csv --plot out.png   # only the plot
 """
 
@@ -29,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recon.config import load_config  # noqa: E402
 from recon.datasets import load_scene, synthesize  # noqa: E402
 from recon.extract import load_mesh  # noqa: E402
+from recon.holdout import score_holdout, split_holdout  # noqa: E402
 from recon.io import atomic_path  # noqa: E402
 from recon.mesh import extract_mesh  # noqa: E402
 from recon.metrics import mesh_metrics  # noqa: E402
@@ -41,7 +48,23 @@ def evaluate(fitter: Fitter, gt, resolution: int) -> dict[str, float]:
     fitter.field.train()
     if len(mesh.faces) == 0:
         return {"chamfer_l1_rel": float("inf"), "fscore@0.01": 0.0, "normal_consistency": 0.0}
-    return mesh_metrics(mesh, gt, n_points=100_000)
+    return mesh_metrics(mesh, gt, n_points=100_000, detail=False)
+
+
+def quality(fitter: Fitter, gt, resolution: int) -> dict[str, float]:
+    """The row's scores: Chamfer, F-score and normal consistency against ``gt`` (when there is one), and
+    the held-out views' PSNR and mask IoU (when the fit holds views out)."""
+    row: dict[str, float] = {}
+    if gt is not None:
+        m = evaluate(fitter, gt, resolution)
+        row.update({"chamfer_rel_%": round(100 * m["chamfer_l1_rel"], 3), "fscore@1%": round(100 * m["fscore@0.01"], 1),
+                    "normal_consistency": round(m["normal_consistency"], 3)})
+    if fitter.held_out is not None:
+        fitter.field.eval()
+        summary = score_holdout(fitter.model, fitter.held_out, fitter.held_out_indices, fitter.run, fitter.step)
+        fitter.field.train()
+        row.update({f"holdout_{key}": round(summary[key], 4) for key in ("psnr", "mask_iou") if key in summary})
+    return row
 
 
 class EvalCounter:
@@ -63,35 +86,37 @@ class EvalCounter:
 
 
 def run(
-    scene_dir: Path, gt, encoding: str, overrides: list[str], every: int, resolution: int, stop: int | None = None
+    scene_dir: Path, gt, encoding: str, overrides: list[str], every: int, resolution: int, stop: int | None = None,
+    config: Path | None = None,
 ) -> list[dict]:
-    cfg = load_config(None, [f"geometry.arm={encoding}", "train.val_every=0", *overrides])
-    scene = load_scene(scene_dir)
+    cfg = load_config(config, [f"geometry.arm={encoding}", "train.val_every=0", *overrides])
+    scene, held_out, held_out_indices = split_holdout(load_scene(scene_dir), cfg.train.holdout)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(cfg.train.seed)
-        fitter = Fitter(scene, Path(tmp), cfg, scene_dir)
+        fitter = Fitter(scene, Path(tmp), cfg, scene_dir, held_out, held_out_indices)
+        sync = torch.cuda.synchronize if fitter.device.type == "cuda" else (lambda: None)
         counter = EvalCounter(fitter.field)
         fit_seconds = 0.0
         last = cfg.train.iters if stop is None else min(stop, cfg.train.iters)
         while fitter.step < last:
+            sync()
             start = time.perf_counter()
             fitter.train_step()
+            sync()
             fit_seconds += time.perf_counter() - start
             if fitter.step % every == 0 or fitter.step == last:
                 n_rays = fitter.step * cfg.train.batch_rays
                 evals = {"sampler_evals": round(counter.sdf / n_rays, 1), "render_evals": round(counter.gradient / n_rays, 1)}
-                counted = counter.sdf
-                m = evaluate(fitter, gt, resolution)
-                counter.sdf = counted  # the extraction is not part of the fit
+                counted = counter.sdf, counter.gradient
+                scores = quality(fitter, gt, resolution)
+                counter.sdf, counter.gradient = counted  # the checks are not part of the fit
                 row = {
                     "encoding": encoding,
                     "overrides": " ".join(overrides),
                     "step": fitter.step,
                     "fit_s": round(fit_seconds, 1),
-                    "chamfer_rel_%": round(100 * m["chamfer_l1_rel"], 3),
-                    "fscore@1%": round(100 * m["fscore@0.01"], 1),
-                    "normal_consistency": round(m["normal_consistency"], 3),
+                    **scores,
                     "beta": round(float(fitter.density.current_beta().detach()), 5),
                     **evals,
                 }
@@ -108,6 +133,9 @@ def main() -> None:
     parser.add_argument("--stop", type=int, default=None, help="stop after this many steps (the schedule still spans --iters)")
     parser.add_argument("--resolution", type=int, default=192, help="marching-cubes resolution of the checks")
     parser.add_argument("--encodings", default="hashgrid,densegrid")
+    parser.add_argument("--device", default=None, help="train.device (cpu, cuda; default: the config's, auto)")
+    parser.add_argument("--holdout", type=int, default=None, help="score every K-th view held out (train.holdout)")
+    parser.add_argument("--config", type=Path, default=None, help="a config file (e.g. configs/gpu.yaml)")
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG of Chamfer against fitting time")
     parser.add_argument("--replot", type=Path, nargs="+", default=None, help="only draw --plot from these CSVs")
@@ -123,11 +151,16 @@ def main() -> None:
         scene_dir = args.scene or Path(tmp) / "scene"
         if args.scene is None:
             synthesize(scene_dir)
-        gt = load_mesh(scene_dir / "gt_mesh.ply")
+        gt = load_mesh(scene_dir / "gt_mesh.ply") if (scene_dir / "gt_mesh.ply").is_file() else None
+        extra = [f"train.iters={args.iters}"]
+        extra += [f"train.device={args.device}"] if args.device else []
+        holdout = args.holdout if args.holdout is not None else (0 if gt is not None else 8)
+        extra += [f"train.holdout={holdout}"] if holdout else []
         rows = []
         for encoding in args.encodings.split(","):
             print(f"== {encoding} {' '.join(args.overrides)}", flush=True)
-            rows += run(scene_dir, gt, encoding, [f"train.iters={args.iters}", *args.overrides], args.every, args.resolution, args.stop)
+            overrides = [*extra, *args.overrides]
+            rows += run(scene_dir, gt, encoding, overrides, args.every, args.resolution, args.stop, args.config)
     if args.csv:
         with atomic_path(args.csv) as tmp_csv, tmp_csv.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -145,6 +178,9 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    rows = [r for r in rows if "chamfer_rel_%" in r]
+    if not rows:
+        return
     for key in dict.fromkeys((r["encoding"], r["overrides"]) for r in rows):
         mine = [r for r in rows if (r["encoding"], r["overrides"]) == key]
         label = " ".join(part for part in (key[0], key[1]) if part)

@@ -30,11 +30,14 @@ from recon.train import Fitter  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
-    """Milliseconds per call (after one warm-up call)."""
+    """Milliseconds per call (after one warm-up call; on a CUDA machine the queued kernels are waited for)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    sync()
     return (time.perf_counter() - start) / repeats * 1000
 
 
@@ -77,7 +80,7 @@ def stage_times(fitter: Fitter, repeats: int, beta: float) -> dict[str, float]:
     near, far, hit = ray_sphere_near_far(batch.origins, batch.dirs, cfg.render.scene_radius)
     sampler = SAMPLERS[cfg.render.sampler]
     n_points = cfg.train.batch_rays * (cfg.render.n_importance + cfg.render.n_extra)
-    x = (torch.rand(n_points, 3) - 0.5) * 1.2
+    x = ((torch.rand(n_points, 3) - 0.5) * 1.2).to(fitter.device)
     unit = (x + 1) * 0.5
     field, grid = fitter.field, fitter.occupancy
     encoding = field.sdf_net.encoding

@@ -58,7 +58,9 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, logs, renders)")
     p.add_argument("--arm", choices=ARMS, default=None, help="geometry arm (geometry.arm; default hashgrid)")
     p.add_argument("--iters", type=int, default=None, help="optimisation steps (default from the config)")
-    p.add_argument("--config", type=Path, default=None, help="YAML config file (see configs/)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="YAML config file (see configs/; configs/gpu.yaml for a CUDA GPU)"
+    )
     p.add_argument(
         "--holdout", type=int, default=None, metavar="K",
         help="keep every K-th view (0, K, 2K, ...) out of training; report PSNR and mask IoU on them",

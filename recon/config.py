@@ -84,9 +84,10 @@ class EncodingConfig:
     """Dense grid: features per vertex."""
     init_scale: float = 1e-4
     """Parameters start uniform in [-init_scale, init_scale]."""
-    backend: Literal["auto", "torch", "tcnn", "fused"] = "auto"
-    """auto: tinycudann on CUDA when it imports, else the fused CPU kernel on the CPU when it
-    builds, else pure PyTorch; fused: the compiled CPU kernel (an error when it cannot be built)."""
+    backend: Literal["auto", "torch", "tcnn", "fused", "triton"] = "auto"
+    """auto: on CUDA tinycudann when it imports, else the Triton kernels when triton imports; on the
+    CPU the fused kernel when it builds; else pure PyTorch. fused: the compiled CPU kernel (an error
+    when it cannot be built); triton: the Triton GPU kernels (CUDA)."""
     c2f_start_levels: int = 0
     """Coarse-to-fine (Neuralangelo): hash-grid levels whose features the SDF MLP sees at the start,
     one more every c2f_every steps (0: all levels from the start)."""
@@ -190,7 +191,11 @@ class TrainConfig:
     seed: int = 0
     """Random seed."""
     device: str = "auto"
-    """auto, cpu or cuda."""
+    """auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda."""
+    matmul_precision: Literal["highest", "high", "medium"] = "highest"
+    """Float32 matrix products, i.e. the MLPs (the grids have none): highest (full float32), high (TF32
+    on GPUs that have it), medium (bfloat16 products); torch.set_float32_matmul_precision. Off by
+    default: what TF32 or bf16 costs in accuracy is not measured yet (docs/DECISIONS.md)."""
     log_every: int = 50
     """Steps between lines of the metrics log."""
     val_every: int = 500

@@ -1,4 +1,9 @@
-"""The training objective: which loss terms (``recon.losses``) apply to which rays and points of a batch."""
+"""The training objective: which loss terms (``recon.losses``) apply to which rays and points of a batch.
+
+With ``compact`` (see ``render.samplers.compact_rows``) the eikonal and smoothness points of the opaque
+rays are selected by boolean indexing (a host sync, free on the CPU); without it every ray gets them
+and a mask weights them out, at fixed shapes. The random draws are the same either way.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from recon.fields import NeuralSDF
 from recon.losses import eikonal, mask_bce, normal_cue, normal_smoothness, psnr, rgb_l1, ssi_depth
 from recon.rays import RayBatch
 from recon.render.renderer import RenderOutput
-from recon.render.samplers import ray_sphere_near_far
+from recon.render.samplers import compact_rows, ray_sphere_near_far
 
 BEHIND_SAMPLES = 4
 """Eikonal points per opaque ray behind its surface, when the occupancy grid is on."""
@@ -19,7 +24,8 @@ BEHIND_SAMPLES = 4
 
 @dataclass
 class StepLosses:
-    """The terms of one step's loss (the cue terms None when the batch has no valid cue)."""
+    """The terms of one step's loss, 0-d tensors (the cue terms None when the scene has no such cue or
+    their weights are 0; 0 when the batch has no valid cue)."""
 
     total: torch.Tensor
     rgb: torch.Tensor
@@ -42,10 +48,11 @@ class Objective:
     """
 
     def __init__(self, cfg: TrainConfig, scene_radius: float, cam_to_world: torch.Tensor,
-                 points_behind_surface: bool) -> None:
+                 points_behind_surface: bool, compact: bool | None = None) -> None:
         self.cfg, self.scene_radius = cfg, scene_radius
         self.rotations = cam_to_world[:, :3, :3]
         self.points_behind_surface = points_behind_surface
+        self.compact = compact_rows(cam_to_world.device) if compact is None else compact
 
     def __call__(self, field: NeuralSDF, batch: RayBatch, out: RenderOutput, generator: torch.Generator) -> StepLosses:
         t = self.cfg
@@ -60,8 +67,7 @@ class Objective:
         if normal_l1 is not None and normal_angular is not None:
             total = total + t.normal_l1_weight * normal_l1 + t.normal_angular_weight * normal_angular
         with torch.no_grad():
-            scored = batch.mask if use_mask and bool(batch.mask.any()) else slice(None)
-            quality = psnr(out.rgb[scored], batch.rgb[scored])
+            quality = psnr(out.rgb, batch.rgb, batch.mask)
         return StepLosses(total, rgb, eik, mask, smooth, quality, depth, normal_l1, normal_angular)
 
     def _cue_losses(
@@ -78,41 +84,53 @@ class Objective:
             return depth, None, None
         normal_cam = torch.einsum("rji,rj->ri", self.rotations[batch.image_index], out.normal)
         cue_ok = torch.isfinite(batch.normal).all(-1) & ((batch.normal.norm(dim=-1) - 1.0).abs() < 0.1)
-        normal = normal_cue(normal_cam, batch.normal, inside & cue_ok)
-        return (depth, None, None) if normal is None else (depth, *normal)
+        return (depth, *normal_cue(normal_cam, batch.normal, inside & cue_ok))
 
     def _regularisers(
         self, field: NeuralSDF, batch: RayBatch, out: RenderOutput, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eikonal on the ray samples, uniform box points, surface points and (with the occupancy grid)
-        points behind the surface; smoothness on the surface points."""
+        points behind the surface; smoothness on the surface points. The surface, nearby and behind
+        points belong to the opaque rays (opacity > 0.5)."""
         n = batch.origins.shape[0]
         device = batch.origins.device
-        uniform = (torch.rand(n, 3, generator=generator).to(device) * 2.0 - 1.0) * self.scene_radius
-        opaque = out.opacity.detach() > 0.5
-        hit_distance = out.depth.detach()[opaque] / out.opacity.detach()[opaque]
-        surface = batch.origins[opaque] + hit_distance[:, None] * batch.dirs[opaque]
-        nearby = surface + (torch.rand(surface.shape, generator=generator).to(device) - 0.5) * 0.02
-        behind = self.behind_surface(batch, opaque, hit_distance, generator)
-        points = torch.cat([uniform, surface, nearby, behind])
+        uniform = (torch.rand(n, 3, generator=generator, device=device) * 2.0 - 1.0) * self.scene_radius
+        jitter = (torch.rand(n, 3, generator=generator, device=device) - 0.5) * 0.02
+        n_behind = BEHIND_SAMPLES if self.points_behind_surface else 0
+        behind_u = torch.rand(n, n_behind, generator=generator, device=device)
+        opacity = out.opacity.detach()
+        opaque = opacity > 0.5
+        distance = out.depth.detach() / opacity.clamp_min(1e-6)
+        rows = opaque.nonzero()[:, 0] if self.compact else slice(None)  # compact: a host sync
+        weight = None if self.compact else opaque
+        origins, dirs = batch.origins[rows], batch.dirs[rows]
+        surface = origins + distance[rows, None] * dirs
+        behind = behind_surface(origins, dirs, distance[rows], behind_u[rows], self.scene_radius)
+        points = torch.cat([uniform, surface, surface + jitter[rows], behind])
         _, _, grad = field.sdf_feature_gradient(points, create_graph=True)
-        gradients = torch.cat([out.sample_gradients, grad])
         m = surface.shape[0]
-        if m == 0 or self.cfg.smooth_weight == 0:
-            return eikonal(gradients), grad.new_zeros(())
+        weights = None
+        if out.sample_mask is not None or weight is not None:
+            per_ray = torch.ones(n, dtype=torch.bool, device=device) if weight is None else weight
+            samples = torch.ones(out.sample_gradients.shape[0], dtype=torch.bool, device=device)
+            own = [per_ray, per_ray, per_ray[:, None].expand(-1, behind_u.shape[1]).reshape(-1)]
+            rendered = samples if out.sample_mask is None else out.sample_mask
+            weights = torch.cat([rendered, torch.ones_like(opaque), *own])
+        eik = eikonal(torch.cat([out.sample_gradients, grad]), weights)
+        if self.cfg.smooth_weight == 0:
+            return eik, grad.new_zeros(())
         normals = torch.nn.functional.normalize(grad[n : n + 2 * m], dim=-1)
-        return eikonal(gradients), normal_smoothness(normals[:m], normals[m:])
+        return eik, normal_smoothness(normals[:m], normals[m:], weight)
 
-    def behind_surface(
-        self, batch: RayBatch, opaque: torch.Tensor, hit_distance: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """With the occupancy grid, ``BEHIND_SAMPLES`` points per opaque ray, uniform between its surface
-        and where it leaves the scene sphere: the grid keeps rendered samples out of a solid's inside,
-        and without them the SDF there is free to grow closed bubbles the mesh would show."""
-        if not self.points_behind_surface or hit_distance.shape[0] == 0:
-            return batch.origins.new_zeros(0, 3)
-        origins, dirs = batch.origins[opaque], batch.dirs[opaque]
-        _, far, _ = ray_sphere_near_far(origins, dirs, self.scene_radius)
-        u = torch.rand(origins.shape[0], BEHIND_SAMPLES, generator=generator).to(origins.device)
-        t = hit_distance[:, None] + u * (far[:, None] - hit_distance[:, None]).clamp(min=0.0)
-        return (origins[:, None, :] + t[..., None] * dirs[:, None, :]).reshape(-1, 3)
+
+def behind_surface(
+    origins: torch.Tensor, dirs: torch.Tensor, hit_distance: torch.Tensor, u: torch.Tensor, scene_radius: float
+) -> torch.Tensor:
+    """Eikonal points behind the surface: for rays (M, 3) that become opaque at ``hit_distance`` (M,), the
+    points at fractions ``u`` (M, B) of the way from there to where the ray leaves the scene sphere ->
+    (M B, 3). With the occupancy grid the objective adds ``BEHIND_SAMPLES`` per opaque ray: the grid
+    keeps rendered samples out of a solid's inside, and without them the SDF there is free to grow
+    closed bubbles the mesh would show."""
+    _, far, _ = ray_sphere_near_far(origins, dirs, scene_radius)
+    t = hit_distance[:, None] + u * (far[:, None] - hit_distance[:, None]).clamp(min=0.0)
+    return (origins[:, None, :] + t[..., None] * dirs[:, None, :]).reshape(-1, 3)

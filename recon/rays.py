@@ -75,10 +75,10 @@ class RaySource:
         self.n_images, self.height, self.width = scene.n_images, scene.height, scene.width
 
     def random_batch(self, n_rays: int, generator: torch.Generator) -> RayBatch:
-        """Rays through ``n_rays`` uniformly random pixels of random images."""
-        index = torch.randint(0, self.n_images, (n_rays,), generator=generator).to(self.device)
-        u = torch.randint(0, self.width, (n_rays,), generator=generator).to(self.device)
-        v = torch.randint(0, self.height, (n_rays,), generator=generator).to(self.device)
+        """Rays through ``n_rays`` uniformly random pixels of random images (``generator`` on this device)."""
+        index = torch.randint(0, self.n_images, (n_rays,), generator=generator, device=self.device)
+        u = torch.randint(0, self.width, (n_rays,), generator=generator, device=self.device)
+        v = torch.randint(0, self.height, (n_rays,), generator=generator, device=self.device)
         return self.batch(index, u, v)
 
     def batch(self, image_index: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> RayBatch:

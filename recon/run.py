@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import pickle
 import warnings
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,18 @@ import torch
 import yaml
 
 from recon.config import Config, config_from_dict, config_to_dict
+from recon.encodings import backend_class
 from recon.errors import InputError
 from recon.fields import NeuralSDF
 from recon.io import atomic_path, folder_lock, json_text, remove_temp_files, write_json_atomic, write_text_atomic
 from recon.render.background import Background, background_from_description
 from recon.render.density import Density, make_density
 
+logger = logging.getLogger(__name__)
+
 RESUMABLE_CHANGES = (
     "train.iters", "train.device", "train.threads", "train.log_every", "train.val_every", "train.ckpt_every",
-    "encoding.backend", "data.max_rays",
+    "train.matmul_precision", "encoding.backend", "data.max_rays",
 )
 """Settings a resumed run may take from the new command: they change neither what is fitted nor how
 (the step count, where and how fast it runs, how often it reports). Any other change is refused."""
@@ -242,6 +246,23 @@ def resume_config(saved: Config, requested: Config, where: str | Path, asked: Co
     return saved
 
 
+def runnable_here(saved: Config, device: torch.device | None = None) -> Config:
+    """A saved run's config, made to run on this machine (on ``device`` when given): ``train.device``
+    auto when it names CUDA and there is none, ``encoding.backend`` auto when the saved backend
+    cannot run on the device (tcnn or triton off CUDA, fused off the CPU). Checkpoints are
+    backend-neutral, so a run moves between CPU and GPU machines; nothing else changes."""
+    train, encoding = saved.train, saved.encoding
+    if device is None and train.device.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("the run was fitted with train.device=%s; there is no CUDA here: device auto", train.device)
+        train = replace(train, device="auto")
+    device = device or choose_device(train.device)
+    if encoding.backend != "auto" and backend_class(encoding.backend, device).unavailable(device) is not None:
+        logger.warning("the run was fitted with encoding.backend=%s, which cannot run on %s: backend auto",
+                       encoding.backend, device)
+        encoding = replace(encoding, backend="auto")
+    return replace(saved, train=train, encoding=encoding)
+
+
 def check_resumable(run_dir: str | Path, requested: Config, asked: Collection[str] | None = None) -> None:
     """Raise the ``resume_config`` error now when ``run_dir`` holds a run that ``requested`` may not
     resume (nothing is read but its ``config.yaml``)."""
@@ -259,7 +280,7 @@ def choose_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("train.device", "CUDA was asked for but is not available")
+        raise InputError("train.device", f"{name} was asked for but CUDA is not available (use auto or cpu)")
     return torch.device(name)
 
 
@@ -287,7 +308,7 @@ def load_model(run_dir: str | Path, device: torch.device | None = None) -> Model
     state = run.read_checkpoint()
     if state is None:
         raise InputError(run.root, "no checkpoint.pt: not a recon run directory, or its fit has not saved yet")
-    cfg = run.checkpoint_config(state)
+    cfg = runnable_here(run.checkpoint_config(state), device)
     bad = non_finite_tensors({f"field.{k}": v for k, v in state["field"].items()})
     if bad:
         raise InputError(run.checkpoint, f"the checkpoint holds non-finite parameters (NaN or inf) in {len(bad)} "

@@ -31,13 +31,19 @@ from recon.render.background import make_background
 from recon.render.image import render_image
 from recon.render.occupancy import make_occupancy_grid
 from recon.render.renderer import render_rays
-from recon.run import Model, RunDir, build_model, choose_device, non_finite_tensors, resume_config
+from recon.render.samplers import compact_rows
+from recon.run import Model, RunDir, build_model, choose_device, non_finite_tensors, resume_config, runnable_here
 from recon.visualize import save_validation_image
 
 log = logging.getLogger(__name__)
 
 DIVERGENCE_FACTOR = 1e3
 """A logged loss this many times the first step's warns that the fit is diverging (without NaN yet)."""
+
+
+def reseed(seed: int, step: int) -> int:
+    """The batch generator's seed for a run resumed at ``step`` on another kind of device."""
+    return (seed * 1_000_003 + step) % (1 << 63)
 
 
 class Fitter:
@@ -51,6 +57,7 @@ class Fitter:
         self.device = choose_device(cfg.train.device)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
+        torch.set_float32_matmul_precision(cfg.train.matmul_precision)
         torch.manual_seed(cfg.train.seed)
         self.rays = RaySource(scene, self.device, cfg.data.max_rays)
         self.held_out = RaySource(held_out, self.device, cfg.data.max_rays) if held_out is not None else None
@@ -59,9 +66,13 @@ class Fitter:
         self.background = make_background(scene, cfg.render, self.device)
         extra = list(self.density.parameters()) + list(self.background.parameters())
         self.optimizer = make_optimizer(self.field, cfg.train, extra)
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.train.seed)
         self.occupancy = make_occupancy_grid(cfg.render, self.device)
-        self.objective = Objective(cfg.train, cfg.render.scene_radius, self.rays.cam_to_world, self.occupancy is not None)
+        self.compact = compact_rows(self.device)
+        """Cut work down to the rays that need it by host-side selection (the CPU), or keep fixed shapes (CUDA)."""
+        self.objective = Objective(
+            cfg.train, cfg.render.scene_radius, self.rays.cam_to_world, self.occupancy is not None, self.compact
+        )
         self.meta = {
             "data_dir": str(Path(data_dir).resolve()),
             "n_images": scene.n_images,
@@ -88,8 +99,13 @@ class Fitter:
         """The networks being fitted, with the config and the scene's normalisation."""
         return Model(self.field, self.density, self.background, self.cfg, self.scene.scale_mat, self.meta)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns its loss terms."""
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step; returns its loss terms as detached 0-d tensors on the device.
+
+        Nothing in it reads a value back to the host (``tests/test_host_sync.py``), except the
+        occupancy grid's update every ``train.occupancy_every`` steps: a CUDA step is one stream of
+        kernels. Convert the terms to numbers only when they are logged.
+        """
         self.field.update_step(self.step)
         set_learning_rates(self.optimizer, lr_factor(self.step, self.cfg.train))
         if self.occupancy is not None:
@@ -100,6 +116,7 @@ class Fitter:
         out = render_rays(
             self.field, self.density, batch.origins, batch.dirs, self.cfg.render, self.background,
             training=True, image_index=batch.image_index, generator=self.generator, occupancy=self.occupancy,
+            compact=self.compact,
         )
         losses: StepLosses = self.objective(self.field, batch, out, self.generator)
         self._record_finite(losses.total.detach())
@@ -107,7 +124,7 @@ class Fitter:
         losses.total.backward()
         self.optimizer.step()
         self.step += 1
-        return {name: float(value.detach()) for name, value in vars(losses).items() if value is not None}
+        return {name: value.detach() for name, value in vars(losses).items() if value is not None}
 
     def _record_finite(self, loss: torch.Tensor) -> None:
         """Note (on the device, no sync) the step at which the loss is first non-finite."""
@@ -161,7 +178,9 @@ class Fitter:
             "occupancy": self.occupancy.state_dict() if self.occupancy is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "generator_device": self.device.type,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "step": self.step,
             "elapsed": self.elapsed,
             "config": config_to_dict(self.cfg),
@@ -184,10 +203,25 @@ class Fitter:
         if self.occupancy is not None and state.get("occupancy") is not None:
             self.occupancy.load_state_dict(state["occupancy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.saved_step = self.step
+        torch.set_rng_state(state["torch_rng"])
+        self._restore_generator(state)
+
+    def _restore_generator(self, state: dict[str, Any]) -> None:
+        """The batch generator's state, when the checkpoint was written on this kind of device; else a
+        seed derived from (seed, step): a resume on another device continues, not bit-identically."""
+        if state.get("generator_device", "cpu") == self.device.type:
+            self.generator.set_state(state["generator"])
+            if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            return
+        self.generator.manual_seed(reseed(self.cfg.train.seed, self.step))
+        log.warning(
+            "checkpoint written on %s, resumed on %s: the random draws continue from a seed derived from "
+            "(train.seed, step), so the run is not bit-identical to one that never moved",
+            state.get("generator_device", "cpu"), self.device.type,
+        )
 
     def validate(self) -> float:
         """Render one view (rgb, normals, depth) to ``val/step_XXXXXX.png``; return its PSNR."""
@@ -199,8 +233,10 @@ class Fitter:
         save_validation_image(self.run.val_dir / f"step_{self.step:06d}.png", rendered)
         return rendered.psnr
 
-    def log(self, losses: dict[str, float]) -> None:
-        """One line of the metrics log: the step's losses, beta, the learning rate and the time so far."""
+    def log(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One line of the metrics log: the step's losses, beta, the learning rate and the time so far
+        (the one place the step's values are read back to the host); returns the losses as numbers."""
+        losses = {name: float(value) for name, value in terms.items()}
         record = {
             "step": self.step,
             "elapsed_s": round(self.elapsed, 3),
@@ -220,6 +256,7 @@ class Fitter:
             self._diverged(f"{', '.join(bad)} became non-finite (NaN or inf) by step {self.step}")
         self.warn_if_diverging(record["loss"])
         self.run.append_metrics(record)
+        return losses
 
 
 def fit(
@@ -235,7 +272,7 @@ def fit(
     stamp = run.checkpoint_stamp()
     state = run.read_checkpoint()
     if state is not None:
-        cfg = resume_config(run.checkpoint_config(state), cfg, run.checkpoint, asked)
+        cfg = resume_config(runnable_here(run.checkpoint_config(state)), cfg, run.checkpoint, asked)
     scene = load_data(data_dir, cfg.data)
     scene, held_out, held_out_indices = split_holdout(scene, cfg.train.holdout)
     fitter = Fitter(scene, run.root, cfg, data_dir, held_out, held_out_indices)
@@ -260,10 +297,13 @@ def _loop(fitter: Fitter, progress: bool) -> None:
     while fitter.step < t.iters:
         start = time.perf_counter()
         losses = fitter.train_step()
+        logging_now = fitter.step % t.log_every == 0 or fitter.step == t.iters
+        if logging_now and fitter.device.type == "cuda":
+            torch.cuda.synchronize(fitter.device)  # the steps queued so far count in elapsed_s
         fitter.elapsed += time.perf_counter() - start
         bar.update(1)
-        if fitter.step % t.log_every == 0 or fitter.step == t.iters:
-            fitter.log(losses)
+        if logging_now:
+            losses = fitter.log(losses)
             bar.set_postfix(loss=f"{losses['total']:.4f}", psnr=f"{losses['psnr']:.2f}")
         if t.val_every > 0 and fitter.step % t.val_every == 0 and fitter.step < t.iters:
             fitter.validate()

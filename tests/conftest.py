@@ -1,11 +1,29 @@
-"""Shared fixtures."""
+"""Shared fixtures, the ``cuda`` marker, and Triton's interpreter on machines without a GPU."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    # Triton reads this when its kernels are decorated (at the import of
+    # recon.encodings.triton_kernels, which nothing does before the tests run): without a GPU
+    # the Triton backend then runs its kernels on CPU tensors, so every pass is tested here too.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` when torch sees no CUDA device."""
+    if CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -13,10 +31,19 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def tiny_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default synthetic scene at 8 views of 32x32 (DTU layout). Treat as read-only."""
+    """The default synthetic scene at 8 views of 32x32 (DTU layout). Treat as read-only.
+
+    ``RECON_TINY_SCENE`` names one made beforehand (``make_tiny_scene``), for a machine without
+    open3d (which the synthesis needs): ``benchmarks/gpu_check.sh``."""
+    if os.environ.get("RECON_TINY_SCENE"):
+        return Path(os.environ["RECON_TINY_SCENE"])
+    return make_tiny_scene(tmp_path_factory.mktemp("tiny_scene") / "scene")
+
+
+def make_tiny_scene(out: Path) -> Path:
+    """Write the tiny scene of ``tiny_scene_dir`` to ``out``."""
     from recon.datasets import synthesize
 
-    out = tmp_path_factory.mktemp("tiny_scene") / "scene"
     synthesize(out, n_views=8, size=32, seed=0, mesh_resolution=64)
     return out
 
@@ -39,6 +66,7 @@ def small_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # Small, fast settings for fits inside tests (section.key=value overrides).
 FAST_FIT = [
+    "train.device=cpu",  # the CPU tests stay on the CPU on a GPU machine; tests/test_cuda.py covers CUDA
     "encoding.n_levels=6",
     "encoding.log2_hashmap_size=14",
     "encoding.finest_resolution=96",

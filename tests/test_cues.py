@@ -57,7 +57,7 @@ def test_ssi_depth_known_residual_ignores_invalid_rays():
 def test_ssi_depth_needs_two_valid_rays_and_is_differentiable():
     pred = torch.tensor([1.0, 2.0, 4.0], requires_grad=True)
     target = torch.tensor([1.0, 3.0, 3.0])
-    assert ssi_depth(pred, target, torch.tensor([True, False, False])) is None
+    assert float(ssi_depth(pred, target, torch.tensor([True, False, False])).detach()) == 0.0
     singular = ssi_depth(torch.ones(3), target, torch.ones(3, dtype=torch.bool))
     assert float(singular) == pytest.approx(float((target**2).sum() / 6.0))  # s = b = 0: nothing to fit
     loss = ssi_depth(pred, target, torch.ones(3, dtype=torch.bool))
@@ -76,7 +76,13 @@ def test_normal_losses_hand_computed():
     # ray 0: identical -> 0, 0; ray 1: |(-1, 0, 1)|_1 = 2, 1 - cos 90 deg = 1; ray 2 ignored
     assert float(l1) == pytest.approx(1.0)
     assert float(angular) == pytest.approx(0.5)
-    assert normal_cue(pred, cue, torch.zeros(3, dtype=torch.bool)) is None
+    assert [float(term) for term in normal_cue(pred, cue, torch.zeros(3, dtype=torch.bool))] == [0.0, 0.0]
+    cue[2] = float("nan")  # an invalid cue's value never reaches the loss or its gradient
+    pred.requires_grad_(True)
+    l1_nan, angular_nan = normal_cue(pred, cue, valid)
+    assert float(l1_nan.detach()) == pytest.approx(1.0) and float(angular_nan.detach()) == pytest.approx(0.5)
+    (l1_nan + angular_nan).backward()
+    assert bool(torch.isfinite(pred.grad).all())
 
 
 def test_ray_batches_carry_cues_with_normals_in_camera_space(tiny_scene_dir: Path):
@@ -117,9 +123,11 @@ def test_cue_terms_enter_the_loss_only_where_cues_exist(tiny_scene_dir: Path, tm
     plain = _fitter(load_scene(_without_cues(tiny_scene_dir, tmp_path)), tmp_path / "p").train_step()
     assert not {"depth", "normal_l1", "normal_angular"} & plain.keys()
     invalid = load_scene(tiny_scene_dir)
-    invalid.depths[:] = 0.0  # invalid depth everywhere, normals not unit: no cue term
+    invalid.depths[:] = 0.0  # invalid depth everywhere, normals not unit: the cue terms are 0
     invalid.normals[:] = np.nan
-    assert not {"depth", "normal_l1"} & _fitter(invalid, tmp_path / "i").train_step().keys()
+    terms = _fitter(invalid, tmp_path / "i").train_step()
+    assert [float(terms[k]) for k in ("depth", "normal_l1", "normal_angular")] == [0.0, 0.0, 0.0]
+    assert math.isfinite(float(terms["total"]))
 
 
 def test_cue_losses_change_the_gradient(tiny_scene_dir: Path, tmp_path: Path):

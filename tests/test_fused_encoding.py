@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from encoding_checks import assert_float32_close, run_pass, training_step_grads
 from recon.config import EncodingConfig
 from recon.encodings import FusedGridEncoding, GridEncoding, TorchGridEncoding, cpp_build, fused, make_encoding
 from recon.errors import InputError
@@ -51,25 +52,6 @@ def random_points(seed: int, n: int = N_POINTS) -> torch.Tensor:
     return torch.rand(n, 3, generator=torch.Generator().manual_seed(seed)) * 1.1 - 0.05
 
 
-def assert_float32_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal to float32 rounding: relative 1e-5, absolute 1e-5 of the largest magnitude."""
-    scale = max(expected.abs().max().item(), 1.0)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale)
-
-
-def run_pass(enc: GridEncoding, x: torch.Tensor, head: torch.Tensor, second_order: bool) -> list[torch.Tensor]:
-    """Features, their grads to the table and the points; with ``second_order`` the eikonal
-    pass instead: d(features . head)/dx with create_graph, a loss on it, its grads to both."""
-    xg = x.clone().requires_grad_(True)
-    out = enc(xg)
-    if not second_order:
-        loss = (out * torch.linspace(-1, 1, out.shape[1])).sum() + out.square().sum()
-        return [out.detach(), *torch.autograd.grad(loss, [enc.params, xg])]
-    (gx,) = torch.autograd.grad(out @ head, xg, torch.ones(len(x)), create_graph=True)
-    loss = ((gx.norm(dim=-1) - 1.0) ** 2).sum()
-    return [out.detach(), gx.detach(), *torch.autograd.grad(loss, [enc.params, xg])]
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("second_order", [False, True], ids=["first-order", "eikonal"])
 def test_matches_reference(name: str, second_order: bool) -> None:
@@ -88,14 +70,7 @@ def test_training_step_merged_scatter_matches_reference(name: str) -> None:
     ref, fast = twins(*CONFIGS[name], seed=3)
     x = random_points(seed=11)
     head = torch.randn(ref.out_dim)
-    grads = []
-    for enc in (ref, fast):
-        xg = x.clone().requires_grad_(True)
-        feats = enc(xg)
-        sdf = feats @ head
-        (gx,) = torch.autograd.grad(sdf.sum(), xg, create_graph=True)
-        loss = ((gx.norm(dim=-1) - 1.0) ** 2).mean() + sdf.abs().mean() + feats.square().mean()
-        grads.append(torch.autograd.grad(loss, [enc.params, xg]))
+    grads = [training_step_grads(enc, x, head) for enc in (ref, fast)]
     for got, want in zip(grads[1], grads[0]):
         assert_float32_close(got, want)
 

@@ -59,6 +59,24 @@ def test_nearest_neighbors_matches_kdtree() -> None:
     np.testing.assert_array_equal(idx, ref_idx)
 
 
+def test_without_open3d_the_distances_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without open3d (a GPU machine set up for fitting only): scipy's neighbours, the same
+    Chamfer and F-score; the detail measure, which needs open3d, left out with ``detail=False``."""
+    rng = np.random.default_rng(1)
+    query, ref = rng.random((500, 3)), rng.random((700, 3))
+    with_open3d = nearest_neighbors(query, ref)
+    pred, gt = trimesh.creation.icosphere(subdivisions=3), trimesh.creation.icosphere(subdivisions=3, radius=1.02)
+    full = mesh_metrics(pred, gt, n_points=5000)
+    monkeypatch.setitem(sys.modules, "open3d", None)  # import open3d now raises ImportError
+    without = nearest_neighbors(query, ref)
+    np.testing.assert_allclose(without[0], with_open3d[0], rtol=1e-12)
+    np.testing.assert_array_equal(without[1], with_open3d[1])
+    plain = mesh_metrics(pred, gt, n_points=5000, detail=False)
+    assert not any(key.startswith("detail") for key in plain)
+    for key in ("chamfer_l1", "fscore@0.01", "normal_consistency"):
+        assert plain[key] == pytest.approx(full[key], rel=1e-9)
+
+
 def test_identical_meshes() -> None:
     mesh = trimesh.creation.icosphere(subdivisions=4)
     m = mesh_metrics(mesh, mesh, n_points=50_000)

@@ -16,7 +16,7 @@ from recon.encodings.layout import hash_grid_levels
 from recon.errors import InputError
 from recon.render.occupancy import LIPSCHITZ, OccupancyGrid, density_margin, make_occupancy_grid
 from recon.fields import CoarseToFine
-from recon.objective import BEHIND_SAMPLES
+from recon.objective import BEHIND_SAMPLES, behind_surface
 from recon.render.background import ConstantBackground
 from recon.render.density import make_density
 from recon.render.renderer import render_rays
@@ -291,10 +291,14 @@ def test_eikonal_points_behind_the_surface_only_with_the_grid(tiny_scene_dir: Pa
     opaque[::2] = True
     near, far, _ = ray_sphere_near_far(batch.origins[opaque], batch.dirs[opaque])
     hit = near + 0.3 * (far - near)  # a surface inside the sphere
-    points = fitter.objective.behind_surface(batch, opaque, hit, fitter.generator).reshape(32, BEHIND_SAMPLES, 3)
+    u = torch.rand(32, BEHIND_SAMPLES)
+    points = behind_surface(batch.origins[opaque], batch.dirs[opaque], hit, u, 1.0).reshape(32, BEHIND_SAMPLES, 3)
     offsets = points - batch.origins[opaque][:, None, :]
     t = (offsets * batch.dirs[opaque][:, None, :]).sum(-1)
     torch.testing.assert_close(offsets, t[..., None] * batch.dirs[opaque][:, None, :], atol=1e-5, rtol=0)  # on the rays
     assert (t >= hit[:, None] - 1e-5).all() and (t <= far[:, None] + 1e-5).all()
-    plain = Fitter(scene, tmp_path / "b", load_config(None, FAST_FIT + ["render.occupancy_resolution=0"]), tiny_scene_dir)
-    assert plain.objective.behind_surface(batch, opaque, hit, plain.generator).shape == (0, 3)
+    torch.testing.assert_close(t, hit[:, None] + u * (far - hit)[:, None], atol=1e-5, rtol=1e-5)
+    for occupancy in (16, 0):  # the objective adds them only with the grid
+        cfg = load_config(None, FAST_FIT + [f"render.occupancy_resolution={occupancy}"])
+        fitter = Fitter(scene, tmp_path / f"o{occupancy}", cfg, tiny_scene_dir)
+        assert fitter.objective.points_behind_surface == bool(occupancy)

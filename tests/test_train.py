@@ -9,11 +9,13 @@ import torch
 
 from conftest import FAST_FIT
 from recon.config import load_config
+from recon.datasets import load_scene
+from recon.errors import InputError
 from recon.mesh import extract_mesh, load_mesh
 from recon.metrics import mesh_metrics
 from recon.optim import lr_factor
 from recon.run import build_model, load_model
-from recon.train import fit
+from recon.train import Fitter, fit
 
 import numpy as np
 
@@ -82,3 +84,17 @@ def test_background_colour_auto_reads_a_uniform_border():
     images[:, :, 0] = np.random.default_rng(0).integers(0, 255, (2, 8, 3))
     assert background_colour(_scene_with(images), "auto") == [0.0, 0.0, 0.0]
     assert background_colour(_scene_with(images), "white") == [1.0, 1.0, 1.0]
+
+
+def test_matmul_precision_is_the_fits(tiny_scene_dir: Path, tmp_path: Path):
+    """train.matmul_precision sets torch's float32 matrix-product precision (the MLPs) for the fit."""
+    before = torch.get_float32_matmul_precision()
+    try:
+        for precision in ("high", "medium", "highest"):
+            cfg = load_config(None, FAST_FIT + [f"train.matmul_precision={precision}"])
+            Fitter(load_scene(tiny_scene_dir), tmp_path / precision, cfg, tiny_scene_dir)
+            assert torch.get_float32_matmul_precision() == precision
+        with pytest.raises(InputError, match="matmul_precision"):
+            load_config(None, ["train.matmul_precision=tf32"])
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -2,9 +2,10 @@
 
 Modules: ``layout`` (levels, sizes, the flat table), ``base`` (the protocol and the base
 class every backend shares), one module per backend (``torch_backend``, ``fused``,
-``tcnn_backend``), and their helpers (``workers``: the level-parallel thread pool;
-``autograd``: the backward plumbing of the CPU backends; ``cpp_build``: the fused kernel's
-build). A new backend is one module (a ``GridEncoding`` subclass with ``unavailable`` and
+``tcnn_backend``, ``triton_backend``), and their helpers (``workers``: the level-parallel
+thread pool; ``autograd``: the backward plumbing and the nodes of the kernel backends;
+``cpp_build``: the fused kernel's build; ``triton_kernels``: the Triton kernels, imported only
+when that backend is used). A new backend is one module (a ``GridEncoding`` subclass with ``unavailable`` and
 ``_encode``) plus one line in ``BACKENDS`` (and its place in ``AUTO``).
 """
 
@@ -18,6 +19,7 @@ from recon.encodings.fused import FusedGridEncoding
 from recon.encodings.layout import GridKind, GridLevel, hash_grid_levels, matched_dense_resolution
 from recon.encodings.tcnn_backend import TcnnGridEncoding
 from recon.encodings.torch_backend import TorchGridEncoding
+from recon.encodings.triton_backend import TritonGridEncoding
 
 __all__ = [
     "AUTO",
@@ -29,6 +31,7 @@ __all__ = [
     "GridLevel",
     "TcnnGridEncoding",
     "TorchGridEncoding",
+    "TritonGridEncoding",
     "backend_class",
     "hash_grid_levels",
     "make_encoding",
@@ -39,10 +42,11 @@ BACKENDS: dict[str, type[GridEncoding]] = {
     "torch": TorchGridEncoding,
     "tcnn": TcnnGridEncoding,
     "fused": FusedGridEncoding,
+    "triton": TritonGridEncoding,
 }
 """``encoding.backend`` -> the class that computes the encoding."""
 
-AUTO: dict[str, tuple[str, ...]] = {"cuda": ("tcnn", "torch"), "cpu": ("fused", "torch")}
+AUTO: dict[str, tuple[str, ...]] = {"cuda": ("tcnn", "triton", "torch"), "cpu": ("fused", "torch")}
 """``encoding.backend: auto``: the backends to try, in order, per device type (any other: torch)."""
 
 
@@ -65,9 +69,10 @@ def make_encoding(cfg: EncodingConfig, kind: GridKind, device: torch.device | st
     """Build the ``kind`` grid (``hashgrid`` or ``densegrid``) that ``cfg`` describes, on ``device``.
 
     The backend is ``cfg.backend`` (see ``backend_class``): ``torch`` (pure PyTorch, any
-    device), ``tcnn`` (tiny-cuda-nn, CUDA), ``fused`` (the compiled CPU kernel, built on first
-    use); ``auto``: tiny-cuda-nn on a CUDA device when it imports, the fused kernel on the CPU
-    when it builds (else one warning), else pure PyTorch. A backend that cannot be used raises
+    device), ``tcnn`` (tiny-cuda-nn, CUDA), ``triton`` (Triton kernels, CUDA), ``fused`` (the
+    compiled CPU kernel, built on first use); ``auto``: on a CUDA device tiny-cuda-nn when it
+    imports, else Triton when it imports; on the CPU the fused kernel when it builds (else one
+    warning); else pure PyTorch. A backend that cannot be used raises
     ``InputError("encoding.backend", ...)``.
     """
     device = torch.device(device)

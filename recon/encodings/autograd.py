@@ -1,5 +1,6 @@
-"""Backward plumbing shared by the CPU backends (pure-PyTorch and fused): the only home of
-the private torch autograd APIs they rely on.
+"""Backward plumbing shared by the backends (pure-PyTorch, fused CPU, Triton): the only home of
+the private torch autograd APIs they rely on, and the autograd nodes of every backend whose
+passes are four kernel calls (``GridKernel``: the fused CPU kernel and the Triton kernels).
 
 Each backend has three nodes: an interpolation node (points, table -> features), a grad-x
 node (d features / dx, for normals and the eikonal term) and a grad-table node. Their
@@ -18,7 +19,7 @@ step. Telling that needs ``torch._C._will_engine_execute_node`` and
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
@@ -125,3 +126,99 @@ def grad_x_backward(compute: GradXCompute) -> Callable[[Any, torch.Tensor], tupl
         return run(ctx, ggx, not torch.is_grad_enabled())  # a deferred part would have no graph
 
     return backward
+
+
+# ----------------------------------------------------------------------------------------
+# Backends whose passes are kernels: the three autograd nodes, written once.
+
+
+class GridKernel(Protocol):
+    """The four passes of a compiled grid backend, on (N, 3) points and (N, L F) features.
+
+    ``forward`` -> [features] or [features, d/ds (L, N, F, 3), mixed d2/ds2 (L, N, F, 3)];
+    ``grad_x`` -> (N, 3) from the output gradient and d/ds; ``grad_x_back`` -> the gradients
+    of ``grad_x`` w.r.t. the output gradient and the points (None where not needed);
+    ``scatter`` -> the (P,) table gradient of ``go`` (None: none) plus each (ggx, go2)
+    eikonal term. ``owner`` names the encoding in error messages.
+    """
+
+    owner: str
+
+    def forward(self, x: torch.Tensor, table: torch.Tensor, want_derivatives: bool) -> list[torch.Tensor]: ...
+
+    def grad_x(self, go: torch.Tensor, x: torch.Tensor, dgrad: torch.Tensor) -> torch.Tensor: ...
+
+    def grad_x_back(
+        self, ggx: torch.Tensor, go: torch.Tensor, x: torch.Tensor, derivatives: list[torch.Tensor],
+        need_go: bool, need_x: bool,
+    ) -> list[torch.Tensor | None]: ...
+
+    def scatter(
+        self, x: torch.Tensor, go: torch.Tensor | None, directional: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor: ...
+
+
+def kernel_encode(points: torch.Tensor, table: torch.Tensor, kernel: GridKernel) -> torch.Tensor:
+    """(N, 3) contiguous points, the flat table -> (N, L F) features through ``kernel``'s passes.
+
+    The forward keeps d/ds and the mixed second derivatives only when the points need a gradient.
+    """
+    want_derivatives = torch.is_grad_enabled() and points.requires_grad
+    return _KernelInterp.apply(points, table, kernel, want_derivatives)
+
+
+class _KernelInterp(torch.autograd.Function):
+    """(N, 3) points, (P,) table -> (N, L F) features (see ``torch_backend._GridInterp``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, table: torch.Tensor, kernel: GridKernel, want_derivatives: bool) -> torch.Tensor:
+        out, *derivatives = kernel.forward(x, table, want_derivatives)
+        save_interp(ctx, x, table, kernel, derivatives)
+        return out
+
+    @staticmethod
+    def backward(ctx, go: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return interp_backward(ctx, go.contiguous(), _KernelGradX, _KernelGradTable, ctx.backend.owner)
+
+
+def _kernel_grad_x_back(ctx, ggx: torch.Tensor, go: torch.Tensor, x: torch.Tensor, needs: Needs) -> tuple:
+    """Gradients of ``_KernelGradX`` w.r.t. (go, x, table) given ``ggx`` (N, 3)."""
+    ggx = ggx.contiguous()
+    g_go = g_x = g_table = None
+    if needs.go or needs.x:
+        g_go, g_x = ctx.backend.grad_x_back(ggx, go, x, ctx.derivatives, needs.go, needs.x)
+    if needs.table:
+        g_table = ctx.backend.scatter(x, None, [(ggx, go)])
+    return g_go, g_x, g_table
+
+
+class _KernelGradX(torch.autograd.Function):
+    """(N, L F) output gradient -> (N, 3) gradient w.r.t. the points; twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, go: torch.Tensor, x: torch.Tensor, table: torch.Tensor, interp) -> torch.Tensor:
+        save_grad_x(ctx, go, x, table, interp)
+        return interp.backend.grad_x(go, x, interp.derivatives[0])
+
+    backward = staticmethod(grad_x_backward(_kernel_grad_x_back))
+
+
+class _KernelGradTable(torch.autograd.Function):
+    """(N, L F) output gradient -> (P,) table gradient (plus deferred eikonal terms)."""
+
+    @staticmethod
+    def forward(ctx, go, x, table, kernel: GridKernel, deferred: list[tuple[torch.Tensor, torch.Tensor]]):
+        ctx.save_for_backward(go, x)
+        ctx.kernel = kernel
+        return kernel.scatter(x, go, deferred)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg_table: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        go, x = ctx.saved_tensors
+        need_go, need_x = will_run(ctx, 0), will_run(ctx, 1)
+        if not (need_go or need_x):
+            return None, None, None, None, None
+        out, *derivatives = ctx.kernel.forward(x, gg_table.contiguous(), need_x)
+        g_x = ctx.kernel.grad_x(go, x, derivatives[0]) if need_x else None
+        return (out if need_go else None), g_x, None, None, None

@@ -4,9 +4,9 @@ The kernel (``csrc/fused_grid.cpp``, built by ``cpp_build.py``) computes the sam
 as the pure-PyTorch backend (same layout, same hash, same derivatives), so checkpoints and
 the ``params`` Parameter are interchangeable. It runs on the CPU in float32 only.
 
-Passes, as in ``torch_backend.py``: ``_FusedInterp`` (features; keeps d/ds and the mixed
-second derivatives when the points need a gradient), ``_FusedGradX`` (d features / dx, twice
-differentiable: the eikonal term) and ``_FusedGradTable`` (the table gradient). In a training
+Passes, as in ``torch_backend.py``: the features (keeping d/ds and the mixed second
+derivatives when the points need a gradient), d features / dx (twice differentiable: the
+eikonal term) and the table gradient; ``autograd.py``'s kernel nodes call them. In a training
 step the eikonal term's table gradient is merged into the features' own scatter (see
 ``autograd.py``), so the table is scattered once.
 """
@@ -16,10 +16,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from recon.config import EncodingConfig
-from recon.encodings.autograd import Needs, grad_x_backward, interp_backward, save_grad_x, save_interp, will_run
+from recon.encodings.autograd import kernel_encode
 from recon.encodings.base import GridEncoding
 from recon.encodings.cpp_build import extension_failure, load_extension
 from recon.encodings.layout import GridKind, GridLayout
@@ -37,7 +36,10 @@ def _compiled_grid(grid: GridLayout) -> object:
 
 
 class _Kernel:
-    """The compiled extension, a layout in it, and the scatter strategy (owned rows, or atomic adds)."""
+    """The compiled extension, a layout in it, and the scatter strategy (owned rows, or atomic adds):
+    an ``autograd.GridKernel``."""
+
+    owner = "FusedGridEncoding"
 
     def __init__(self, grid: GridLayout, scatter_mode: str = "owned") -> None:
         self.ext = load_extension()
@@ -59,63 +61,6 @@ class _Kernel:
         ggx = [pair[0].contiguous() for pair in directional]
         go2 = [pair[1].contiguous() for pair in directional]
         return self.ext.scatter(self.grid, x, go, ggx, go2, self.scatter_mode)
-
-
-class _FusedInterp(torch.autograd.Function):
-    """(N, 3) points, (P,) table -> (N, L F) features (see ``torch_backend._GridInterp``)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, table: torch.Tensor, kernel: _Kernel, want_derivatives: bool) -> torch.Tensor:
-        out, *derivatives = kernel.forward(x, table, want_derivatives)
-        save_interp(ctx, x, table, kernel, derivatives)
-        return out
-
-    @staticmethod
-    def backward(ctx, go: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return interp_backward(ctx, go.contiguous(), _FusedGradX, _FusedGradTable, "FusedGridEncoding")
-
-
-def _grad_x_back(ctx, ggx: torch.Tensor, go: torch.Tensor, x: torch.Tensor, needs: Needs) -> tuple:
-    """Gradients of ``_FusedGradX`` w.r.t. (go, x, table) given ``ggx`` (N, 3)."""
-    ggx = ggx.contiguous()
-    g_go = g_x = g_table = None
-    if needs.go or needs.x:
-        g_go, g_x = ctx.backend.grad_x_back(ggx, go, x, ctx.derivatives, needs.go, needs.x)
-    if needs.table:
-        g_table = ctx.backend.scatter(x, None, [(ggx, go)])
-    return g_go, g_x, g_table
-
-
-class _FusedGradX(torch.autograd.Function):
-    """(N, L F) output gradient -> (N, 3) gradient w.r.t. the points; twice differentiable."""
-
-    @staticmethod
-    def forward(ctx, go: torch.Tensor, x: torch.Tensor, table: torch.Tensor, interp) -> torch.Tensor:
-        save_grad_x(ctx, go, x, table, interp)
-        return interp.backend.grad_x(go, x, interp.derivatives[0])
-
-    backward = staticmethod(grad_x_backward(_grad_x_back))
-
-
-class _FusedGradTable(torch.autograd.Function):
-    """(N, L F) output gradient -> (P,) table gradient (plus deferred eikonal terms)."""
-
-    @staticmethod
-    def forward(ctx, go, x, table, kernel: _Kernel, deferred: list[tuple[torch.Tensor, torch.Tensor]]):
-        ctx.save_for_backward(go, x)
-        ctx.kernel = kernel
-        return kernel.scatter(x, go, deferred)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, gg_table: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        go, x = ctx.saved_tensors
-        need_go, need_x = will_run(ctx, 0), will_run(ctx, 1)
-        if not (need_go or need_x):
-            return None, None, None, None, None
-        out, *derivatives = ctx.kernel.forward(x, gg_table.contiguous(), need_x)
-        g_x = ctx.kernel.grad_x(go, x, derivatives[0]) if need_x else None
-        return (out if need_go else None), g_x, None, None, None
 
 
 # ----------------------------------------------------------------------------------------
@@ -157,5 +102,4 @@ class FusedGridEncoding(GridEncoding):
                 f"{self.params.device} and points on {points.device}; make_encoding picks the backend for a device"
             )
         table = self.params.view(-1)  # a non-leaf view, so backward can tell which grads are wanted
-        want_derivatives = torch.is_grad_enabled() and points.requires_grad
-        return _FusedInterp.apply(points, table, _Kernel(self.grid, self.scatter_mode), want_derivatives)
+        return kernel_encode(points, table, _Kernel(self.grid, self.scatter_mode))

@@ -78,7 +78,8 @@ def _corner_indices(cell: torch.Tensor, level: GridLevel) -> torch.Tensor:
         return (idx & (size - 1)).view(8, -1)  # hashed sizes are powers of two
     base = cell[0] + cell[1] * res + cell[2] * (res * res)
     steps = [cx + cy * res + cz * res * res for cz in (0, 1) for cy in (0, 1) for cx in (0, 1)]
-    idx = base + torch.tensor(steps, dtype=base.dtype, device=base.device).view(8, 1)
+    corner = torch.arange(8, dtype=base.dtype, device=base.device).view(8, 1)  # made on the device: no copy
+    idx = base + ((corner & 1) + (corner >> 1 & 1) * res + (corner >> 2 & 1) * (res * res))
     if _max_cell(level) * (1 + res + res * res) + steps[-1] >= size:  # corners past the far face
         # idx mod size for idx < 2 size, branch-free: subtract size where size - 1 - idx < 0
         sign_bit = 8 * idx.element_size() - 1

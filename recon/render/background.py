@@ -62,7 +62,7 @@ def background_t(start: Tensor, n_samples: int, perturb: bool, generator: torch.
     steps = torch.linspace(0.0, 1.0, n_samples + 1, dtype=start.dtype, device=start.device)
     lower, upper = steps[:-1], steps[1:]
     if perturb:
-        u = torch.rand(start.shape[0], n_samples, generator=generator, dtype=start.dtype).to(start.device)
+        u = torch.rand(start.shape[0], n_samples, generator=generator, dtype=start.dtype, device=start.device)
     else:
         u = torch.full((start.shape[0], n_samples), 0.5, dtype=start.dtype, device=start.device)
     fraction = lower + (upper - lower) * u

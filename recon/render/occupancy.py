@@ -115,18 +115,20 @@ class OccupancyGrid(nn.Module):
         """Fraction of the cells marked occupied."""
         return float(self.occupied.float().mean())
 
-    def segments(self, origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor) -> RaySegments:
+    def segments(self, origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor, compact: bool = True) -> RaySegments:
         """The occupied stretches of rays ``(R, 3)`` within ``[near, far]`` ``(R,)``.
 
         The ray's crossings with the ``3 (resolution + 1)`` grid planes split ``[near, far]``
-        into pieces that each lie in one cell; the piece's midpoint names the cell.
+        into pieces that each lie in one cell; the piece's midpoint names the cell. ``compact``:
+        as many segments per ray as the most any ray has (a host sync), else as many as there
+        can be (``RaySegments.from_bins``).
         """
         edges = self._crossings(origins, dirs, near, far)
         mids = 0.5 * (edges[:, 1:] + edges[:, :-1])
         points = origins[:, None, :] + mids[..., None] * dirs[:, None, :]
         index = ((points + self.radius) / self.cell).floor().long().clamp(0, self.resolution - 1)
         occupied = self.occupied[index[..., 0], index[..., 1], index[..., 2]] & (edges[:, 1:] > edges[:, :-1])
-        return RaySegments.from_bins(edges, occupied)
+        return RaySegments.from_bins(edges, occupied, compact)
 
     def _crossings(self, origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor) -> Tensor:
         """Sorted ``(R, 3 (resolution + 1) + 2)``: near, far and every plane crossing clamped into them."""

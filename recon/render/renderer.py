@@ -13,7 +13,13 @@ from recon.render.background import Background
 from recon.render.compositing import centred_deltas_from_t, composite, weights_from_alpha
 from recon.render.density import Density
 from recon.render.occupancy import OccupancyGrid
-from recon.render.samplers import RaySegments, error_bounded_sample, ray_sphere_near_far, surface_guided_sample
+from recon.render.samplers import (
+    RaySegments,
+    compact_rows,
+    error_bounded_sample,
+    ray_sphere_near_far,
+    surface_guided_sample,
+)
 
 SAMPLERS = {"error_bounded": error_bounded_sample, "surface_guided": surface_guided_sample}
 
@@ -27,7 +33,8 @@ class RenderOutput:
     world-space, weighted by the sample weights; opacity (R,); weights (R, S); hit (R,) the rays
     that were rendered: they meet the scene sphere (and, with an occupancy grid, an occupied cell);
     sample_gradients (H S, 3) the SDF's gradients at the samples of the H rendered rays only
-    (differentiable when training, for the eikonal loss).
+    (differentiable when training, for the eikonal loss); without compaction H = R, and
+    sample_mask (R S,) bool marks the samples of rendered rays (None: all are).
     """
 
     rgb: torch.Tensor
@@ -37,6 +44,7 @@ class RenderOutput:
     weights: torch.Tensor
     hit: torch.Tensor
     sample_gradients: torch.Tensor
+    sample_mask: torch.Tensor | None = None
 
 
 def render_rays(
@@ -50,24 +58,36 @@ def render_rays(
     image_index: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     occupancy: OccupancyGrid | None = None,
+    compact: bool | None = None,
 ) -> RenderOutput:
     """Render rays (R, 3) origins and unit directions; ``background`` fills what is not opaque.
 
     ``training`` jitters the samples and keeps the SDF gradients differentiable (for the eikonal
     loss); ``image_index`` (R,) selects per-image appearance codes. With an ``occupancy`` grid,
     samples go only to occupied cells, and rays that cross none are not rendered (zero opacity).
+    ``compact`` (default: ``compact_rows`` of the rays' device): render only the rays that meet
+    the sphere (and an occupied cell), found by boolean indexing, a host sync; else render every
+    ray at fixed shapes (a ray that meets nothing has zero-length intervals: zero opacity) and
+    mark the rendered rays' samples in ``sample_mask``.
     """
     n_rays = origins.shape[0]
+    compact = compact_rows(origins.device) if compact is None else compact
     near, far, hit = ray_sphere_near_far(origins, dirs, cfg.scene_radius)
-    segments = occupancy.segments(origins, dirs, near, far) if occupancy is not None else None
+    segments = occupancy.segments(origins, dirs, near, far, compact) if occupancy is not None else None
     rendered = hit if segments is None else hit & (segments.length > 0)
-    out = _empty_output(n_rays, origins, rendered)
-    if rendered.any():
+    if not compact:
+        out = _render_hits(
+            field, density, origins, dirs, near, far, cfg, training, image_index, generator, segments, compact
+        )
+        out = _keep_rendered(out, rendered)
+    else:
+        out = _empty_output(n_rays, origins, rendered)
+    if compact and rendered.any():
         index = rendered.nonzero(as_tuple=True)[0]
         rays_index = image_index[index] if image_index is not None else None
         inner = _render_hits(
             field, density, origins[index], dirs[index], near[index], far[index], cfg, training, rays_index, generator,
-            None if segments is None else segments.select(index),
+            None if segments is None else segments.select(index), compact,
         )
         out = _scatter(out, inner, index)
     behind = background.render(origins, dirs, far, hit, training, generator)
@@ -87,12 +107,14 @@ def _render_hits(
     image_index: torch.Tensor | None,
     generator: torch.Generator | None,
     segments: RaySegments | None,
+    compact: bool,
 ) -> RenderOutput:
     with torch.no_grad():
-        beta = float(density.current_beta())
+        beta = density.current_beta().detach()
         sampler = SAMPLERS[cfg.sampler]
         t = sampler(
-            field.sdf, origins, dirs, near, far, beta, cfg, perturb=training, generator=generator, segments=segments
+            field.sdf, origins, dirs, near, far, beta, cfg, perturb=training, generator=generator, segments=segments,
+            compact=compact,
         )
     # quadrature cells on the occupied length: the empty space between segments holds no density
     tau, lo, hi = (t, near, far) if segments is None else (segments.to_tau(t), torch.zeros_like(near), segments.length)
@@ -114,6 +136,20 @@ def _render_hits(
         weights=weights,
         hit=torch.ones(n_rays, dtype=torch.bool, device=origins.device),
         sample_gradients=gradient,
+    )
+
+
+def _keep_rendered(out: RenderOutput, rendered: torch.Tensor) -> RenderOutput:
+    """Every ray's results, zero where the ray was not to be rendered (``rendered`` (R,) false)."""
+    def keep(value: torch.Tensor) -> torch.Tensor:
+        mask = rendered.view(-1, *([1] * (value.dim() - 1)))
+        return torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device))
+
+    n_samples = out.weights.shape[1]
+    return RenderOutput(
+        rgb=keep(out.rgb), depth=keep(out.depth), normal=keep(out.normal), opacity=keep(out.opacity),
+        weights=keep(out.weights), hit=rendered, sample_gradients=out.sample_gradients,
+        sample_mask=rendered[:, None].expand(-1, n_samples).reshape(-1),
     )
 
 

@@ -11,6 +11,12 @@ Given ``segments`` (the occupied stretches of each ray, from an occupancy grid),
 a sampler works in the occupied length ``tau`` instead of ``t``: empty space is
 cut out of the ray, so every sample (and every SDF evaluation) falls where the
 surface can be, and the returned distances lie inside the segments.
+
+``compact`` (see ``compact_rows``): True selects the rays that still need work by boolean
+indexing and sizes tensors from the data (each a device->host sync, free on the CPU); False
+keeps fixed shapes and masks instead, so that a CUDA step never waits for the GPU. Both give
+the same samples, but for the error-bounded sampler's rounds past the one where every ray is done
+(they add zero-length intervals) and the coarse count with segments (``_coarse_count``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ if TYPE_CHECKING:  # only read attributes: no import-time dependency on the conf
 __all__ = [
     "SdfFn",
     "RaySegments",
+    "compact_rows",
     "ray_sphere_near_far",
     "uniform_t",
     "sample_pdf",
@@ -42,6 +49,13 @@ __all__ = [
 
 SdfFn = Callable[[Tensor], Tensor]
 """Maps points ``(M, 3)`` to signed distances ``(M,)`` (or ``(M, 1)``)."""
+
+def compact_rows(device: torch.device) -> bool:
+    """Whether work on ``device`` is cut down to the rows that need it (boolean indexing, data-sized
+    tensors): on the CPU, where reading a value on the host costs nothing; not on a GPU, where each
+    such read waits for every queued kernel."""
+    return device.type == "cpu"
+
 
 _MAX_ERROR_EXPONENT = 60.0  # exp(60) ~ 1e26: keeps the bound finite in float32
 _EXP_CAP = 60.0  # exp(-60) ~ 1e-26: products stay normal floats
@@ -187,14 +201,21 @@ class RaySegments:
     cum_end: Tensor
 
     @classmethod
-    def from_bins(cls, edges: Tensor, occupied: Tensor) -> RaySegments:
-        """Merge runs of occupied bins: sorted bin edges ``(R, M + 1)``, ``occupied`` bool ``(R, M)``."""
+    def from_bins(cls, edges: Tensor, occupied: Tensor, compact: bool = True) -> RaySegments:
+        """Merge runs of occupied bins: sorted bin edges ``(R, M + 1)``, ``occupied`` bool ``(R, M)``.
+
+        ``K`` is the most segments any ray has (``compact``), or the most ``M`` bins can hold,
+        ``ceil(M / 2)``, which needs no look at the data.
+        """
         n_bins = occupied.shape[1]
         index = torch.arange(n_bins, device=occupied.device)
         none = torch.zeros_like(occupied[:, :1])
         first = occupied & ~torch.cat([none, occupied[:, :-1]], dim=-1)
         last = occupied & ~torch.cat([occupied[:, 1:], none], dim=-1)
-        k = max(int(first.sum(-1).max()), 1) if n_bins else 1
+        if not compact:
+            k = max((n_bins + 1) // 2, 1)
+        else:
+            k = max(int(first.sum(-1).max()), 1) if n_bins else 1
         first_i = torch.where(first, index, n_bins).sort(dim=-1).values[:, :k]
         last_i = torch.where(last, index, n_bins).sort(dim=-1).values[:, :k]
         valid = first_i < n_bins
@@ -231,8 +252,11 @@ class RaySegments:
 class _RaySdf:
     """The SDF along ``R`` rays at distances, or at occupied lengths when ``segments`` is given."""
 
-    def __init__(self, sdf_fn: SdfFn, origins: Tensor, dirs: Tensor, segments: RaySegments | None) -> None:
+    def __init__(
+        self, sdf_fn: SdfFn, origins: Tensor, dirs: Tensor, segments: RaySegments | None, compact: bool
+    ) -> None:
         self.sdf_fn, self.origins, self.dirs, self.segments = sdf_fn, origins, dirs, segments
+        self.compact = compact
 
     def distances(self, t: Tensor, rows: Tensor | None = None) -> Tensor:
         """``t`` (or ``tau``) ``(R', S)`` -> distances along the rays (``rows`` selects R' of the R)."""
@@ -245,7 +269,10 @@ class _RaySdf:
         return _sdf_along_rays(self.sdf_fn, self.origins, self.dirs, self.distances(t)).to(t.dtype)
 
     def on_rows(self, t: Tensor, rows: Tensor, fill: Tensor) -> Tensor:
-        """SDF at ``t`` on the rows where ``rows`` (bool ``(R,)``) holds; ``fill`` elsewhere."""
+        """SDF at ``t`` on the rows where ``rows`` (bool ``(R,)``) holds; ``fill`` elsewhere (evaluated
+        on those rows only when ``compact``, else on every row and then masked)."""
+        if not self.compact:
+            return torch.where(rows[:, None], self(t).to(fill.dtype), fill)
         out = fill.clone()
         if bool(rows.any()):
             dist = self.distances(t[rows], rows)
@@ -260,11 +287,14 @@ def _ray_range(near: Tensor, far: Tensor, segments: RaySegments | None) -> tuple
     return torch.zeros_like(near), segments.length.to(near.dtype)
 
 
-def _coarse_count(n_eval: int, near: Tensor, far: Tensor, segments: RaySegments | None, minimum: int) -> int:
-    """Coarse samples per ray: ``n_eval``, or with segments as few as keep the spacing of 9 rays in 10
-    no wider than ``n_eval`` samples over their whole ``[near, far]`` would give, and no ray's more
-    than twice as wide (a few grazing rays with long occupied stretches do not set every ray's count)."""
-    if segments is None:
+def _coarse_count(
+    n_eval: int, near: Tensor, far: Tensor, segments: RaySegments | None, minimum: int, compact: bool = True
+) -> int:
+    """Coarse samples per ray: ``n_eval``, or with segments (and ``compact``) as few as keep the
+    spacing of 9 rays in 10 no wider than ``n_eval`` samples over their whole ``[near, far]`` would
+    give, and no ray's more than twice as wide (a few grazing rays with long occupied stretches do
+    not set every ray's count). Without ``compact`` the count may not depend on the data: ``n_eval``."""
+    if segments is None or not compact:
         return n_eval
     if segments.length.numel() == 0:
         return minimum
@@ -443,6 +473,7 @@ def error_bounded_sample(
     perturb: bool = False,
     generator: torch.Generator | None = None,
     segments: RaySegments | None = None,
+    compact: bool = True,
 ) -> Tensor:
     """VolSDF's error-bounded sampler (its Algorithm 1), vectorised over rays.
 
@@ -479,6 +510,8 @@ def error_bounded_sample(
         generator: random source for ``perturb``.
         segments: occupied stretches of the rays (``RaySegments``); the
             algorithm then runs on the occupied length, with ``n_eval`` samples.
+        compact: refine only the rays still refining, and stop once all are done
+            (host syncs); else every ray runs every round (see the module's doc).
 
     Returns:
         ``t``, ``(R, cfg.n_importance + cfg.n_extra)``, sorted, within ``[near, far]``
@@ -486,20 +519,19 @@ def error_bounded_sample(
     """
     _check_rays(origins, dirs, near, far)
     _check_counts(cfg, min_eval=2)
-    beta_f = float(beta)
-    ray_sdf = _RaySdf(sdf_fn, origins, dirs, segments)
+    ray_sdf = _RaySdf(sdf_fn, origins, dirs, segments, compact)
     near, far = _ray_range(near, far, segments)
     with torch.no_grad():
         t0 = uniform_t(near, far, cfg.n_eval, perturb, generator)
         s0 = ray_sdf(t0)
         t, s = t0, s0
-        beta_t = torch.full_like(near, beta_f)
+        beta_t = torch.as_tensor(beta, dtype=near.dtype, device=near.device).expand_as(near)
         beta_plus = torch.maximum(_initial_beta_plus(near, far, cfg.n_eval, cfg.eps), beta_t)
         intervals = _intervals(t, s)
         for round_index in range(cfg.max_rounds + 1):
-            done = opacity_error_bound(*intervals, beta_f) <= cfg.eps
+            done = opacity_error_bound(*intervals, beta_t[:, None]) <= cfg.eps
             beta_plus = torch.where(done, beta_t, beta_plus)
-            if bool(done.all()) or round_index == cfg.max_rounds:
+            if round_index == cfg.max_rounds or (compact and bool(done.all())):
                 break
             active = ~done
             trans, err = _bound_terms(*intervals, beta_plus[:, None])
@@ -508,7 +540,7 @@ def error_bounded_sample(
             s_new = ray_sdf.on_rows(t_new, active, fill=s0)
             t, s = _merge(t, s, t_new, s_new)
             intervals = _intervals(t, s)
-            beta_plus = _tighten_beta_plus(intervals, active, beta_t, beta_plus, cfg)
+            beta_plus = _tighten_beta_plus(intervals, active, beta_t, beta_plus, cfg, compact)
         s_left, _, deltas = intervals
         weights = weights_from_density(laplace_density(s_left, beta_plus[:, None]), deltas)
         t_imp = sample_pdf(t, weights, cfg.n_importance, det=not perturb, generator=generator)
@@ -518,12 +550,18 @@ def error_bounded_sample(
 
 
 def _tighten_beta_plus(
-    intervals: tuple[Tensor, Tensor, Tensor], active: Tensor, beta: Tensor, beta_plus: Tensor, cfg: RenderConfig
+    intervals: tuple[Tensor, Tensor, Tensor], active: Tensor, beta: Tensor, beta_plus: Tensor, cfg: RenderConfig,
+    compact: bool = True,
 ) -> Tensor:
     """Bisect ``beta+`` down towards ``beta`` on the active rays whose bound holds at ``beta+``.
 
-    ``intervals`` is ``_intervals(t, s)``; ``active``, ``beta``, ``beta_plus`` are ``(R,)``.
+    ``intervals`` is ``_intervals(t, s)``; ``active``, ``beta``, ``beta_plus`` are ``(R,)``. Without
+    ``compact`` every ray is bisected and the inactive ones keep their ``beta+``.
     """
+    if not compact:
+        ok = opacity_error_bound(*intervals, beta_plus[:, None]) <= cfg.eps
+        tightened = _bisect_beta(*intervals, beta, beta_plus, cfg.eps, cfg.n_bisection)
+        return torch.where(active & ok, tightened, beta_plus)
     s_left, d_star, deltas = (x[active] for x in intervals)
     hi = beta_plus[active]
     ok = opacity_error_bound(s_left, d_star, deltas, hi[:, None]) <= cfg.eps
@@ -593,6 +631,7 @@ def surface_guided_sample(
     refine_steps: int = 2,
     window: tuple[float, float] = (6.0, 8.0),
     segments: RaySegments | None = None,
+    compact: bool = True,
 ) -> Tensor:
     """Root-finding sampler: dense samples where the ray meets (or skims) the surface.
 
@@ -634,6 +673,8 @@ def surface_guided_sample(
         refine_steps: regula-falsi steps.
         window: extent of the hit window before and after ``t*``, in ``beta / g``.
         segments: occupied stretches of the rays (``RaySegments``).
+        compact: evaluate the probes on the rays that need them only, and cut the coarse count
+            with segments (host syncs); else fixed shapes (see the module's doc).
 
     Returns:
         ``t``, ``(R, cfg.n_importance + cfg.n_extra)`` (fewer kept samples with segments),
@@ -641,17 +682,17 @@ def surface_guided_sample(
     """
     _check_rays(origins, dirs, near, far)
     _check_counts(cfg, min_eval=3)
-    beta_f = float(beta)
-    ray_sdf = _RaySdf(sdf_fn, origins, dirs, segments)
-    n_eval = _coarse_count(cfg.n_eval, near, far, segments, minimum=3)
+    beta_t = torch.as_tensor(beta, dtype=near.dtype, device=near.device)
+    ray_sdf = _RaySdf(sdf_fn, origins, dirs, segments, compact)
+    n_eval = _coarse_count(cfg.n_eval, near, far, segments, minimum=3, compact=compact)
     near, far = _ray_range(near, far, segments)
     with torch.no_grad():
         t0 = uniform_t(near, far, n_eval, perturb, generator)
         s0 = ray_sdf(t0)
-        lo, hi = _surface_window(ray_sdf, t0, s0, beta_f, refine_steps, window)
+        lo, hi = _surface_window(ray_sdf, t0, s0, beta_t, refine_steps, window)
         n_dense = (cfg.n_importance + 1) // 2
         t_dense = uniform_t(lo, hi, n_dense, perturb, generator)
-        weights = _coarse_weights(t0, s0, beta_f)
+        weights = _coarse_weights(t0, s0, beta_t)
         t_pdf = sample_pdf(t0, weights, cfg.n_importance - n_dense, det=not perturb, generator=generator)
         t_extra = _pick_from_set(t0, math.ceil(cfg.n_extra * n_eval / cfg.n_eval), perturb, generator)
         t_out = torch.sort(torch.cat([t_dense, t_pdf, t_extra], dim=-1), dim=-1).values
@@ -662,7 +703,7 @@ def _surface_window(
     ray_sdf: _RaySdf,
     t0: Tensor,
     s0: Tensor,
-    beta: float,
+    beta: Tensor,
     refine_steps: int,
     window: tuple[float, float],
 ) -> tuple[Tensor, Tensor]:
@@ -694,7 +735,7 @@ def _surface_window(
     return lo, torch.minimum(torch.maximum(hi, lo), far)
 
 
-def _coarse_weights(t: Tensor, s: Tensor, beta: float) -> Tensor:
+def _coarse_weights(t: Tensor, s: Tensor, beta: Tensor | float) -> Tensor:
     """Opacity weights of the coarse intervals from the density of their closest possible point.
 
     An interval with both ends outside gets ``sigma = laplace_density(d*)``, an upper
