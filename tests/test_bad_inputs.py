@@ -294,7 +294,7 @@ CORPUS: dict[str, Case] = {
     "check_downscale_96": check("--downscale 96", ("downscale", "32x32", "got 96")),
     "check_downscale_33": check("--downscale 33", ("downscale", "[1, 32]", "got 33")),
     "fit_downscale_96": fit("--downscale 96", ("downscale", "32x32", "got 96")),
-    "check_format_colmap": check("--format colmap", ("--format", "invalid choice")),
+    "check_format_unknown": check("--format blender", ("--format", "invalid choice")),
     "check_empty_png": check("", ("000002.png", "file is empty"), empty("scene/image/000002.png")),
     "fit_empty_png": fit("", ("000002.png", "file is empty"), empty("scene/image/000002.png")),
     "check_empty_mask": check("", ("003.png", "file is empty"), empty("scene/mask/003.png")),
@@ -563,14 +563,14 @@ def test_a_checkpoint_written_by_another_process_while_a_fit_starts_is_not_overw
     ws = workspace(templates, tmp_path, ("run",))
     checkpoint = ws / "run" / "checkpoint.pt"
     newer = checkpoint.read_bytes() + b"\0"  # what the other writer saved (never read here)
-    read_scene = recon.train.load_scene
+    read_scene = recon.train.load_data
 
     def other_writer_finishes_meanwhile(*args, **kwargs):
         scene = read_scene(*args, **kwargs)
         checkpoint.write_bytes(newer)
         return scene
 
-    monkeypatch.setattr(recon.train, "load_scene", other_writer_finishes_meanwhile)
+    monkeypatch.setattr(recon.train, "load_data", other_writer_finishes_meanwhile)
     code, _, err = run_cli(["fit", str(ws / "scene"), "--out", str(ws / "run"), "--quiet", *FAST_FIT], capsys)
     assert code == 2 and "was written by another process while this one started" in err, err
     assert checkpoint.read_bytes() == newer and not (ws / "run" / LOCK_NAME).exists()
