@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from recon.config import Config
 
 EXIT_BAD_INPUT = 2
+EXIT_ARMS_FAILED = 1
+"""``recon compare`` / ``recon sweep``: every arm ran, some failed (recorded; a rerun retries them)."""
 RENAMED_OPTIONS = {"--encoding": "--arm", "--encodings": "--arms", "--background": "--rgba-background"}
 """Options of earlier versions -> their names now (refused with the new name)."""
 
@@ -263,7 +265,7 @@ def _executor(args: argparse.Namespace, n_tasks: int):
     return make_executor(options, n_tasks)
 
 
-def _run_compare(args: argparse.Namespace) -> None:
+def _run_compare(args: argparse.Namespace) -> int:
     from recon.compare import CompareSpec, parse_arms
     from recon.config import load_config
     from recon.sweep import run_compare
@@ -273,10 +275,10 @@ def _run_compare(args: argparse.Namespace) -> None:
     spec = CompareSpec(args.data_dir, args.out, parse_arms(args.arms), args.seeds, resolution,
                        not args.no_cull, cfg_file, tuple(overrides))
     executor = _executor(args, len(spec.arms) * max(1, spec.seeds))
-    run_compare(spec, executor, progress=not args.quiet, report=True, pictures=not args.no_pictures)
+    return _failures(run_compare(spec, executor, progress=not args.quiet, report=True, pictures=not args.no_pictures))
 
 
-def _run_sweep(args: argparse.Namespace) -> None:
+def _run_sweep(args: argparse.Namespace) -> int:
     from recon.compare import parse_arms
     from recon.sweep import read_scenes, run_sweep, sweep_spec
 
@@ -286,7 +288,16 @@ def _run_sweep(args: argparse.Namespace) -> None:
     spec = sweep_spec(read_scenes([Path(i) for i in scene_items]), args.out, parse_arms(args.arms), args.seeds,
                       args.resolution, not args.no_cull, cfg_file, overrides)
     executor = _executor(args, len(spec.scenes) * len(spec.arms) * max(1, spec.seeds))
-    run_sweep(spec, executor, progress=not args.quiet, report=True, pictures=not args.no_pictures)
+    return _failures(run_sweep(spec, executor, progress=not args.quiet, report=True, pictures=not args.no_pictures))
+
+
+def _failures(results: list[dict]) -> int:
+    """Exit code 1 (after a line saying so) when some arm failed, else 0."""
+    failed = [r for r in results if r.get("status", "ok") != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(results)} arms failed (their errors are in the report and results.csv); "
+              "rerun the same command to retry them", file=sys.stderr)
+    return EXIT_ARMS_FAILED if failed else 0
 
 
 def _run_report(args: argparse.Namespace) -> None:
@@ -327,14 +338,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.overrides = list(args.overrides) + extra
     try:
-        args.run(args)
+        code = args.run(args)
     except InputError as err:
         print(f"recon {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"recon {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

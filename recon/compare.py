@@ -183,7 +183,7 @@ def run_arm(task: ArmTask) -> dict[str, Any]:
     run = RunDir(task.run_dir)
     start = time.perf_counter()
     try:
-        result = {"status": "ok", **_fit_and_measure(task, run)}
+        result = {"status": "ok", **_fit_and_measure(task, run), "seconds": time.perf_counter() - start}
     except Exception as err:  # noqa: BLE001 - every failure of an arm is recorded, none stops the sweep
         write_text_atomic(run.error, traceback.format_exc())
         result = failed_result(task, type(err).__name__, one_line_error(err), time.perf_counter() - start)
@@ -259,7 +259,8 @@ def one_line_result(result: dict[str, Any]) -> str:
 
     if not is_ok(result):
         return f"FAILED ({result['error_type']}: {result['error']})"
-    parts = [f"ok, fit {result['fit_seconds']:.0f} s"]
+    parts = [f"ok in {result['seconds']:.0f} s (fit {result['fit_seconds']:.0f} s)" if "seconds" in result
+             else f"ok, fit {result['fit_seconds']:.0f} s"]
     if result.get("holdout_psnr") is not None:
         parts.append(f"held-out PSNR {result['holdout_psnr']:.2f}")
     if result["metrics"] is not None:

@@ -105,7 +105,7 @@ def table_rows(settings: dict[str, Any], results: list[dict[str, Any]]) -> tuple
     rows = []
     for arm in arms:
         n_ok, n_all = sum(r["arm"] == arm for r in ok), sum(r["arm"] == arm for r in results)
-        row = [(arm, False)] + ([(f"{n_ok}/{n_all}" if n_ok else f"failed {n_all}/{n_all}", False)] if some_failed else [])
+        row = [(arm, False)] + ([(f"{n_ok}/{n_all}", False)] if some_failed else [])
         if arm in summary:
             row += [(cell_text(summary[arm][c.key], c, n_ok), arm in best[c.key]) for c in cols]
         else:

@@ -93,9 +93,11 @@ def paired_difference(values: Values, metric: str, a: str, b: str, better: Bette
 
 def arm_pairs(arms: Sequence[str]) -> list[tuple[str, str]]:
     """Every pair of arms, hash grid vs dense grid first, then in the arms' order."""
-    pairs = [(arms[i], arms[j]) for i in range(len(arms)) for j in range(i + 1, len(arms))]
     first = ("hashgrid", "densegrid")
-    return sorted(pairs, key=lambda p: p != first)
+    pairs = [(arms[i], arms[j]) for i in range(len(arms)) for j in range(i + 1, len(arms))]
+    if not set(first) <= set(arms):
+        return pairs
+    return [first] + [p for p in pairs if set(p) != set(first)]
 
 
 def _finite(v: float | None) -> bool:

@@ -49,7 +49,7 @@ LOCK = ".recon.lock"
 SCENE_FILE_KEYS = ("path", "name", "format", "downscale", "overrides")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RESERVED_NAMES = ("report_files",)
-BASE_COLUMNS = ("scene", "arm", "seed", "status", "error_type", "error", "threads", "host", "fit_seconds",
+BASE_COLUMNS = ("scene", "arm", "seed", "status", "error_type", "error", "threads", "host", "seconds", "fit_seconds",
                 "mesh_seconds", "n_params_encoding", "n_params_total", "train_psnr", "holdout_psnr", "holdout_mask_iou")
 
 
