@@ -10,11 +10,12 @@ Every task gets the same thread budget (``threads``: torch's intra-op threads, a
 do not depend on the executor: multi-threaded float reductions differ with the thread count.
 
 - ``serial``: one task after another in this process.
-- ``local`` (the default): at most ``workers`` tasks at once, each in a fresh process (spawned, so
-  that its environment is set before torch is imported); workers x threads = cores, and one GPU
-  (or a ``gpus_per_task`` share of one) per worker when there are GPUs. A task whose process dies
-  is started again on a new one, up to ``retries`` times; only that task is charged. A worker
-  whose driver dies stops within a second, so a rerun never races an orphan.
+- ``local`` (the default): ``workers`` worker processes (spawned, so that each one's environment
+  is set before torch is imported), one task at a time each; workers x threads = cores, and one
+  GPU (or a ``gpus_per_task`` share of one) per worker when there are GPUs. When a worker process
+  dies, a new one takes its place and the task it ran is started again, up to ``retries``
+  times; only that task is charged. A worker whose driver dies stops within a second, so a
+  rerun never races a leftover fit.
 - ``ray``: Ray core; one task per arm with ``num_cpus`` = threads and ``num_gpus`` = the GPU
   share (fractional GPUs pack small fits on one card), ``max_retries`` for lost workers
   (ordinary failures are recorded by the task itself, never retried by Ray). It connects to
@@ -165,7 +166,7 @@ class SerialExecutor:
 
 @dataclass
 class LocalExecutor:
-    """At most ``workers`` tasks at once, each in a fresh spawned process with the worker's budget."""
+    """``workers`` worker processes on this machine, each with its budget, one task at a time each."""
 
     workers: int
     threads: int
@@ -187,90 +188,119 @@ class LocalExecutor:
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], on_done: OnDone) -> None:
         pending = deque(range(len(tasks)))
         attempts = [0] * len(tasks)
-        running: dict[int, _Child] = {}  # slot -> child
+        slots: list[_Worker | None] = [None] * self.workers
         try:
-            while pending or running:
-                for slot in range(self.workers):
-                    if slot not in running and pending:
+            while pending or any(w is not None and w.busy for w in slots):
+                for slot, worker in enumerate(slots):
+                    if pending and (worker is None or not worker.busy):
+                        if worker is None:
+                            worker = slots[slot] = _Worker.start(worker_env(self.threads, self.slot_gpu(slot)), slot)
                         index = pending.popleft()
-                        env = worker_env(self.threads, self.slot_gpu(slot))
-                        running[slot] = _Child.start(fn, tasks[index], index, env)
-                ready = set(multiprocessing.connection.wait([h for c in running.values() for h in c.handles]))
-                for slot, child in list(running.items()):
-                    if ready.isdisjoint(child.handles):
+                        worker.submit(fn, tasks[index], index)
+                busy = [w for w in slots if w is not None and w.busy]
+                ready = set(multiprocessing.connection.wait([h for w in busy for h in w.handles]))
+                for worker in busy:
+                    if ready.isdisjoint(worker.handles):
                         continue
-                    del running[slot]
-                    outcome = child.outcome()
+                    index, outcome = worker.outcome()
+                    if not worker.alive:
+                        slots[worker.slot] = None  # a new process takes the slot
                     if isinstance(outcome, Lost) and outcome.error_type == "WorkerLost":
-                        attempts[child.index] += 1
-                        if attempts[child.index] <= self.retries:
-                            pending.appendleft(child.index)
+                        attempts[index] += 1
+                        if attempts[index] <= self.retries:
+                            pending.appendleft(index)
                             continue
-                        outcome = Lost("WorkerLost", f"{outcome.error} ({attempts[child.index]} attempts)")
-                    on_done(child.index, outcome)
+                        outcome = Lost("WorkerLost", f"{outcome.error} ({attempts[index]} attempts)")
+                    on_done(index, outcome)
         finally:
-            for child in running.values():
-                child.stop()
+            for worker in slots:
+                if worker is not None:
+                    worker.stop()
 
 
 @dataclass
-class _Child:
-    """One task in its own process, and the pipe its return value comes back through."""
+class _Worker:
+    """A worker process of one slot and the pipe tasks and their outcomes go through."""
 
     process: multiprocessing.process.BaseProcess
     conn: multiprocessing.connection.Connection
-    index: int
+    slot: int
+    index: int | None = None
+    """The task it runs (None: idle)."""
+
+    @property
+    def busy(self) -> bool:
+        return self.index is not None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.exitcode is None
 
     @property
     def handles(self) -> tuple[Any, Any]:
-        """What becomes ready when the task ends: its pipe (a value came back) or its process (it exited)."""
+        """What becomes ready when its task ends: its pipe (an outcome came back) or its process (it died)."""
         return self.conn, self.process.sentinel
 
     @classmethod
-    def start(cls, fn: Callable[[Any], Any], task: Any, index: int, env: dict[str, str]) -> _Child:
+    def start(cls, env: dict[str, str], slot: int) -> _Worker:
         ctx = multiprocessing.get_context("spawn")
-        receive, send = ctx.Pipe(duplex=False)
-        payload = pickle.dumps((fn, task))  # unpickled in the child after its environment is set
-        process = ctx.Process(target=_child_main, args=(send, payload, env, os.getpid()), daemon=True,
-                              name=f"recon-task-{index}")
+        ours, theirs = ctx.Pipe()
+        process = ctx.Process(target=_worker_main, args=(theirs, env, os.getpid()), daemon=True,
+                              name=f"recon-worker-{slot}")
         process.start()
-        send.close()
-        return cls(process, receive, index)
+        theirs.close()
+        return cls(process, ours, slot)
 
-    def outcome(self) -> Any:
-        """The task's return value, the error that escaped it, or ``Lost("WorkerLost")``."""
+    def submit(self, fn: Callable[[Any], Any], task: Any, index: int) -> None:
+        self.conn.send_bytes(pickle.dumps((fn, task)))  # unpickled in the worker, whose budget is set
+        self.index = index
+
+    def outcome(self) -> tuple[int, Any]:
+        """The task's index and its return value, the error that escaped it, or ``Lost("WorkerLost")``."""
+        index, self.index = self.index, None
         try:
             kind, value = self.conn.recv() if self.conn.poll() else (None, None)
         except (EOFError, OSError):
             kind, value = None, None
-        self.process.join()
-        self.conn.close()
         if kind == "value":
-            return value
+            return index, value
         if kind == "error":
-            return Lost(*value)
+            return index, Lost(*value)
+        self.process.join()
         code = self.process.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return Lost("WorkerLost", f"the worker process died ({how}; out of memory?)")
+        return index, Lost("WorkerLost", f"the worker process died ({how}; out of memory?)")
 
     def stop(self) -> None:
-        self.process.kill()
+        if self.alive and not self.busy:
+            try:
+                self.conn.send_bytes(b"")  # the worker's end of work
+                self.process.join(timeout=5)
+            except OSError:
+                pass
+        if self.alive:
+            self.process.kill()
         self.process.join()
         self.conn.close()
 
 
-def _child_main(conn: multiprocessing.connection.Connection, payload: bytes, env: dict[str, str],
-                parent: int) -> None:
-    """A worker process: set the budget before torch is imported, watch the driver, run the task."""
+def _worker_main(conn: multiprocessing.connection.Connection, env: dict[str, str], parent: int) -> None:
+    """A worker process: set the budget before torch is imported, watch the driver, run tasks until told to end."""
     os.environ.update(env)
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    try:
-        fn, task = pickle.loads(payload)
-        message: tuple[str, Any] = ("value", fn(task))
-    except Exception as err:  # noqa: BLE001 - an error that escaped the task is reported, not raised here
-        message = ("error", (type(err).__name__, " ".join(str(err).split())[:300]))
-    conn.send(message)
-    conn.close()
+    while True:
+        try:
+            payload = conn.recv_bytes()
+        except EOFError:
+            return
+        if not payload:
+            return
+        try:
+            fn, task = pickle.loads(payload)
+            message: tuple[str, Any] = ("value", fn(task))
+        except Exception as err:  # noqa: BLE001 - an error that escaped the task is reported, not raised here
+            message = ("error", (type(err).__name__, " ".join(str(err).split())[:300]))
+        conn.send(message)
 
 
 def _exit_when_orphaned(parent: int) -> None:

@@ -50,6 +50,19 @@ class Column:
     scale: float = 1.0
 
 
+GT_COLUMNS = [
+    Column("chamfer_l1", "Chamfer-L1", "{:.4g}", "low"),
+    Column("chamfer_l1_rel", "Chamfer % diag", "{:.3f}", "low", 100.0),
+    Column("fscore@0.005", "F@0.5%", "{:.1f}", "high", 100.0),
+    Column("fscore@0.01", "F@1%", "{:.1f}", "high", 100.0),
+    Column("fscore@0.02", "F@2%", "{:.1f}", "high", 100.0),
+    Column("normal_consistency", "normal cons.", "{:.3f}", "high"),
+    Column("detail_normal_consistency", "detail normal cons.", "{:.3f}", "high"),
+    Column("detail_chamfer_l1_rel", "detail Chamfer % diag", "{:.3f}", "low", 100.0),
+]
+"""The mesh metrics' columns (when the scene has a ground truth)."""
+
+
 def _columns(settings: dict[str, Any], results: list[dict[str, Any]]) -> list[Column]:
     has_gt = any(r.get("metrics") for r in results)
     holdout = any(r.get("holdout_psnr") is not None for r in results)
@@ -63,16 +76,7 @@ def _columns(settings: dict[str, Any], results: list[dict[str, Any]]) -> list[Co
     if holdout and any(r.get("holdout_mask_iou") is not None for r in results):
         cols.append(Column("holdout_mask_iou", "mask IoU", "{:.3f}", "high"))
     if has_gt:
-        cols += [
-            Column("chamfer_l1", "Chamfer-L1", "{:.4g}", "low"),
-            Column("chamfer_l1_rel", "Chamfer % diag", "{:.3f}", "low", 100.0),
-            Column("fscore@0.005", "F@0.5%", "{:.1f}", "high", 100.0),
-            Column("fscore@0.01", "F@1%", "{:.1f}", "high", 100.0),
-            Column("fscore@0.02", "F@2%", "{:.1f}", "high", 100.0),
-            Column("normal_consistency", "normal cons.", "{:.3f}", "high"),
-            Column("detail_normal_consistency", "detail normal cons.", "{:.3f}", "high"),
-            Column("detail_chamfer_l1_rel", "detail Chamfer % diag", "{:.3f}", "low", 100.0),
-        ]
+        cols += GT_COLUMNS
     return cols
 
 

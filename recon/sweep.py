@@ -35,13 +35,13 @@ import yaml
 
 from recon.compare import (
     SET_BY_EXECUTOR, SETTINGS, ArmTask, CompareSpec, failed_result, is_finished, is_ok, one_line_result,
-    read_result, read_settings, run_arm, scene_up,
+    load_results, read_result, read_settings, run_arm, scene_up,
 )
 from recon.config import load_config
 from recon.errors import InputError
 from recon.executors import Executor, Lost, SerialExecutor, describe
 from recon.io import exclusive_lock, write_json_atomic, write_text_atomic
-from recon.run import RunDir, arm_run_dir, check_resumable
+from recon.run import RunDir, check_resumable
 
 PLAN = "sweep.json"
 RESULTS_CSV = "results.csv"
@@ -394,14 +394,8 @@ def load_sweep(out_dir: str | Path) -> SweepResults:
 
 
 def _scene_results(folder: Path, name: str) -> SceneResults:
-    settings = read_settings(folder)
-    results = []
-    for seed in range(settings["seeds"]):
-        for arm in settings["arms"]:
-            result = read_result(RunDir(arm_run_dir(folder, arm, seed)))
-            if result is not None:
-                results.append({**result, "scene": name})
-    return SceneResults(name, folder, settings, results)
+    settings, results = load_results(folder)
+    return SceneResults(name, folder, settings, [{**r, "scene": name} for r in results])
 
 
 def rewrite_results_csv(sweep: SweepResults) -> Path:

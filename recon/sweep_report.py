@@ -19,22 +19,14 @@ import numpy as np
 from recon.compare import is_ok, mean_std, result_value
 from recon.errors import InputError
 from recon.report import (
-    DETAIL_NOTE, FILES, Column, Section, Table, best_arms, build_report, cell_text, failures_table, relative,
+    DETAIL_NOTE, FILES, GT_COLUMNS, Column, Section, Table, best_arms, build_report, cell_text, failures_table, relative,
     save_figure, table_rows, write_documents,
 )
 from recon.stats import PairedDifference, arm_pairs, average_ranks, paired_difference
 from recon.sweep import SweepResults, load_sweep, rewrite_results_csv
 
 CONFIDENCE = 0.95
-GT_COLUMNS = [
-    Column("chamfer_l1_rel", "Chamfer % diag", "{:.3f}", "low", 100.0),
-    Column("fscore@0.005", "F@0.5%", "{:.1f}", "high", 100.0),
-    Column("fscore@0.01", "F@1%", "{:.1f}", "high", 100.0),
-    Column("fscore@0.02", "F@2%", "{:.1f}", "high", 100.0),
-    Column("normal_consistency", "normal cons.", "{:.3f}", "high"),
-    Column("detail_normal_consistency", "detail normal cons.", "{:.3f}", "high"),
-    Column("detail_chamfer_l1_rel", "detail Chamfer % diag", "{:.3f}", "low", 100.0),
-]
+SCALE_FREE_COLUMNS = [c for c in GT_COLUMNS if c.key != "chamfer_l1"]
 """Scale-free measures (relative to each scene's GT diagonal), so that they average across scenes."""
 PAIRED_KEYS = ("chamfer_l1_rel", "fscore@0.01", "detail_normal_consistency")
 """The measures compared pair by pair: Chamfer, F-score and the detail measure."""
@@ -101,7 +93,7 @@ def build_sweep_report(sweep: SweepResults, figures: bool = True) -> tuple[Path,
 
 
 def _columns(ok: list[dict[str, Any]], has_gt: bool) -> list[Column]:
-    cols = list(GT_COLUMNS) if has_gt else []
+    cols = list(SCALE_FREE_COLUMNS) if has_gt else []
     if any(r.get("holdout_psnr") is not None for r in ok):
         cols.append(Column("holdout_psnr", "held-out PSNR", "{:.2f}", "high"))
     elif not has_gt:

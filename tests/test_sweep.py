@@ -130,7 +130,9 @@ def test_resume_after_the_driver_is_killed(two_scenes: Path, tmp_path: Path) -> 
     while not list(out.glob("*/*/seed0/result.json")):
         assert driver.poll() is None and time.monotonic() < deadline, "the sweep ended before its first result"
         time.sleep(0.2)
-    workers = _children(driver.pid)
+    while not (workers := [w for w in _children(driver.pid) if _alive(w)]):  # the next fit's worker
+        assert driver.poll() is None and time.monotonic() < deadline, "the sweep ended early"
+        time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     deadline = time.monotonic() + 30
@@ -167,7 +169,7 @@ def test_report_rebuilds_from_disk(serial_sweep: Path, capsys) -> None:
                  "### a", "### b", "[a: report](a/report.html)", "report_files/differences.png",
                  "report_files/scenes.png", "report_files/fscore_sweep.png", "detail normal cons."):
         assert part in md, part
-    pairs = [line for line in md.splitlines() if " − " in line and line.startswith("| ")]
+    pairs = [line for line in md.splitlines() if " − " in line and line.startswith("| ") and "| pair" not in line]
     assert pairs[0].startswith("| hashgrid − densegrid | Chamfer % diag |") and "2 scenes" in pairs[0]
     assert len(list(csv.DictReader((serial_sweep / "results.csv").open()))) == 4
     assert (serial_sweep / "a" / "report.md").is_file() and (serial_sweep / "report.html").is_file()
@@ -178,11 +180,15 @@ def test_report_rebuilds_from_disk(serial_sweep: Path, capsys) -> None:
     assert "not a recon sweep or comparison folder" in capsys.readouterr().err
 
 
-def test_ray_executor_without_ray_exits_2(two_scenes: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_ray_missing_and_bad_executor_options_exit_2(two_scenes: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     out = tmp_path / "sweep"
     assert main(["sweep", str(two_scenes), "--out", str(out), "--executor", "ray", *CLI_OPTIONS]) == 2
     assert "pip install 'recon[ray]'" in capsys.readouterr().err and not out.exists()
+    for extra, option in [(["--retries", "-1"], "--retries"), (["--executor", "serial", "--workers", "2"], "--workers"),
+                          (["--threads-per-worker", "0"], "--threads-per-worker")]:
+        assert main(["sweep", str(two_scenes), "--out", str(out), *CLI_OPTIONS, *extra]) == 2
+        assert option in capsys.readouterr().err and not out.exists()
 
 
 def test_scenes_from_folders_and_files(tiny_scene_dir: Path, two_scenes: Path, tmp_path: Path) -> None:

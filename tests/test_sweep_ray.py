@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,18 @@ def test_ray_records_lost_and_failed_tasks(ray_cluster, tiny_scene_dir: Path, tm
     [failed] = run_sweep(compare_spec(diverging), RayExecutor(threads=1, retries=1), False)
     assert failed["status"] == "failed" and failed["error_type"] == "RuntimeError"
     assert json.loads(diverging.run_dir("hashgrid", 0).result.read_text())["error_type"] == "RuntimeError"
+
+
+def test_cli_runs_on_the_cluster_at_ray_address(ray_cluster, tiny_scene_dir: Path, tmp_path: Path) -> None:
+    """A second driver (the CLI) joins the running cluster; --ray-address wins over RAY_ADDRESS."""
+    out = tmp_path / "cli"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RAY_ADDRESS": "127.0.0.1:9"}  # nothing there
+    args = ["compare", str(tiny_scene_dir), "--out", str(out), "--arms", "hashgrid", "--executor", "ray",
+            "--ray-address", ray.get_runtime_context().gcs_address, "--threads-per-worker", "1", "--resolution", "24",
+            "--no-pictures", "--quiet", *SWEEP_OVERRIDES]
+    proc = subprocess.run([sys.executable, "-m", "recon.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Ray: tasks of 1 CPU(s)" in proc.stdout and "hashgrid / seed 0: ok" in proc.stdout
+    result = json.loads((out / "hashgrid" / "seed0" / "result.json").read_text())
+    assert result["status"] == "ok" and result["threads"] == 1 and (out / "report.md").is_file()
