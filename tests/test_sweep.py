@@ -120,17 +120,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_resume_after_the_driver_is_killed(two_scenes: Path, tmp_path: Path) -> None:
+def test_resume_after_the_driver_is_killed(tiny_scene_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    args = ["sweep", str(two_scenes), "--out", str(out), "--arms", ",".join(SWEEP_ARMS), *CLI_OPTIONS]
+    args = ["sweep", str(tiny_scene_dir), "--out", str(out), "--arms", ",".join(SWEEP_ARMS), *CLI_OPTIONS]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     driver = subprocess.Popen([sys.executable, "-m", "recon.cli", *args, "--executor", "local", "--workers", "1"],
                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while not list(out.glob("*/*/seed0/result.json")):
         assert driver.poll() is None and time.monotonic() < deadline, "the sweep ended before its first result"
-        time.sleep(0.2)
-    while not (workers := [w for w in _children(driver.pid) if _alive(w)]):  # the next fit's worker
+        time.sleep(0.1)
+    while not (workers := [w for w in _children(driver.pid) if _alive(w)]):  # the worker, on the next fit
         assert driver.poll() is None and time.monotonic() < deadline, "the sweep ended early"
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
@@ -140,11 +140,11 @@ def test_resume_after_the_driver_is_killed(two_scenes: Path, tmp_path: Path) -> 
         assert time.monotonic() < deadline, "a worker outlived its driver"
         time.sleep(0.2)
     done = {p: p.stat().st_mtime_ns for p in out.glob("*/*/seed0/result.json")}
-    assert 1 <= len(done) < 4
+    assert len(done) == 1
     assert main([*args, "--executor", "serial"]) == 0
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())  # never recomputed
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert [(r["arm"], r["status"]) for r in rows] == [("hashgrid", "ok"), ("densegrid", "ok")]
 
 
 def test_a_second_sweep_on_the_folder_is_refused(two_scenes: Path, tmp_path: Path, capsys) -> None:
@@ -234,3 +234,9 @@ def test_the_budget_shares_the_cores() -> None:
     assert [quarter.slot_gpu(s) for s in range(8)] == ["0", "0", "0", "0", "1", "1", "1", "1"]
     assert LocalExecutor(2, 1, 0.0, n_gpus=2).slot_gpu(1) == ""  # no share: no GPU
     assert LocalExecutor(2, 1).slot_gpu(0) is None
+
+
+def test_the_cli_and_the_sweep_do_not_import_ray() -> None:
+    code = ("import sys, recon.cli, recon.sweep, recon.sweep_report; recon.cli.build_parser(); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=300)
