@@ -286,10 +286,8 @@ def _forest(diffs: list[PairedDifference], columns: list[Column]):
             if d is None or d.interval is None:
                 continue
             iv = d.interval
-            lo, hi = (iv.low, iv.high) if iv.low is not None else (iv.mean, iv.mean)
-            better = (iv.high < 0) if col.better == "low" else (lo > 0)
-            worse = (lo > 0) if col.better == "low" else (iv.high is not None and iv.high < 0)
-            colour = "#2e7d32" if better and iv.low is not None else "#c62828" if worse and iv.low is not None else "#455a64"
+            lo, hi = (iv.low, iv.high) if iv.low is not None and iv.high is not None else (iv.mean, iv.mean)
+            colour = _verdict_colour(lo, hi, col.better) if iv.low is not None else "#455a64"
             ax.plot([lo * col.scale, hi * col.scale], [y, y], color=colour, lw=2)
             ax.plot(iv.mean * col.scale, y, "o", color=colour)
         ax.axvline(0.0, color="k", lw=0.8)
@@ -299,6 +297,15 @@ def _forest(diffs: list[PairedDifference], columns: list[Column]):
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def _verdict_colour(low: float, high: float, better: str | None) -> str:
+    """Green when the interval says the first arm is better, red when worse, grey when it spans 0."""
+    if (high < 0 and better == "low") or (low > 0 and better == "high"):
+        return "#2e7d32"
+    if (low > 0 and better == "low") or (high < 0 and better == "high"):
+        return "#c62828"
+    return "#455a64"
 
 
 def _fscore(sweep: SweepResults):
