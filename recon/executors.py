@@ -157,8 +157,14 @@ class SerialExecutor:
         """Nothing to do: the kernel is built on first use, by the one task running."""
 
     def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], on_done: OnDone) -> None:
-        for index, task in enumerate(tasks):
-            on_done(index, fn(task))
+        import torch
+
+        before = torch.get_num_threads()  # the tasks set their budget; this process gets its own back
+        try:
+            for index, task in enumerate(tasks):
+                on_done(index, fn(task))
+        finally:
+            torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- local processes

@@ -199,9 +199,9 @@ def run_sweep(spec: SweepSpec, executor: Executor | None = None, progress: bool 
     (``pictures``: with the scenes' mesh pictures).
     """
     executor = executor or SerialExecutor(_torch_threads())
-    scenes = _check(spec)
+    facts = _check(spec)
     with exclusive_lock(spec.out_dir / LOCK, f"the output folder {spec.out_dir}"):
-        _write_plan(spec, scenes)
+        _write_plan(spec, facts)
         plan = _plan(spec, executor.threads, progress and isinstance(executor, SerialExecutor))
         kept = len(plan.results)
         for number, key in enumerate(plan.keys, start=1):
@@ -237,8 +237,9 @@ def _label(key: tuple[str, str, int]) -> str:
     return f"{key[0]} / {key[1]} / seed {key[2]}"
 
 
-def _check(spec: SweepSpec) -> list[Any]:
-    """Every input checked before anything is written; the loaded scenes (for their GT and up vector)."""
+def _check(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every input checked before anything is written; each scene's GT mesh path and up vector
+    (the scenes are loaded one at a time and let go)."""
     from recon.datasets import load_scene
 
     first = spec.scenes[0]
@@ -253,7 +254,10 @@ def _check(spec: SweepSpec) -> list[Any]:
             if key in asked:
                 raise InputError(key, "set by the executor's thread budget: use --threads-per-worker")
         data = scene.config_for(scene.arms[0], 0).data
-        loaded.append(load_scene(scene.data_dir, data.format, data.downscale, data.rgba_background))
+        loaded_scene = load_scene(scene.data_dir, data.format, data.downscale, data.rgba_background)
+        gt = loaded_scene.gt_mesh_path
+        loaded.append({"gt_mesh": str(gt.resolve()) if gt else None, "up": scene_up(loaded_scene).tolist()})
+        del loaded_scene
         settings = scene.settings()
         for seed in range(scene.seeds):
             for arm in scene.arms:
@@ -263,12 +267,10 @@ def _check(spec: SweepSpec) -> list[Any]:
     return loaded
 
 
-def _write_plan(spec: SweepSpec, loaded: list[Any]) -> None:
-    for scene, data in zip(spec.scenes, loaded):
-        gt = str(data.gt_mesh_path.resolve()) if data.gt_mesh_path else None
+def _write_plan(spec: SweepSpec, facts: list[dict[str, Any]]) -> None:
+    for scene, fact in zip(spec.scenes, facts):
         write_json_atomic(scene.out_dir / SETTINGS, {**scene.settings(), "name": scene.name, "arms": list(scene.arms),
-                                                     "seeds": scene.seeds, "overrides": list(scene.overrides),
-                                                     "gt_mesh": gt, "up": scene_up(data).tolist()})
+                                                     "seeds": scene.seeds, "overrides": list(scene.overrides), **fact})
     if spec.layout == "sweep":
         write_json_atomic(spec.out_dir / PLAN, {
             "scenes": [{"name": s.name, "data_dir": str(s.data_dir.resolve())} for s in spec.scenes],

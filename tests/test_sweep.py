@@ -186,7 +186,8 @@ def test_ray_missing_and_bad_executor_options_exit_2(two_scenes: Path, tmp_path:
     assert main(["sweep", str(two_scenes), "--out", str(out), "--executor", "ray", *CLI_OPTIONS]) == 2
     assert "pip install 'recon[ray]'" in capsys.readouterr().err and not out.exists()
     for extra, option in [(["--retries", "-1"], "--retries"), (["--executor", "serial", "--workers", "2"], "--workers"),
-                          (["--threads-per-worker", "0"], "--threads-per-worker")]:
+                          (["--threads-per-worker", "0"], "--threads-per-worker"),
+                          (["train.threads=2"], "train.threads: set by the executor")]:
         assert main(["sweep", str(two_scenes), "--out", str(out), *CLI_OPTIONS, *extra]) == 2
         assert option in capsys.readouterr().err and not out.exists()
 
@@ -240,3 +241,25 @@ def test_the_cli_and_the_sweep_do_not_import_ray() -> None:
     code = ("import sys, recon.cli, recon.sweep, recon.sweep_report; recon.cli.build_parser(); "
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True, timeout=300)
+
+
+def _one_thread(_: int) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
+def test_serial_executor_gives_this_process_its_threads_back() -> None:
+    import torch
+
+    from recon.executors import SerialExecutor
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got: dict[int, int] = {}
+        SerialExecutor(threads=1).run(_one_thread, [0, 1], got.__setitem__)
+        assert got == {0: 1, 1: 1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
