@@ -21,10 +21,14 @@ if TYPE_CHECKING:
     from recon.config import Config
 
 EXIT_BAD_INPUT = 2
+EXIT_ARMS_FAILED = 1
+"""``recon compare`` / ``recon sweep``: every arm ran, some failed (recorded; a rerun retries them)."""
 EXIT_DIVERGED = 3
 EXIT_MISSING_DEPENDENCY = 4
-EXIT_CODES = ("exit codes: 0 done; 2 bad input (one line names the file or key; nothing written); 3 the fit diverged "
-              "(NaN or inf; the last good checkpoint is kept); 4 an optional package is missing (one line names the extra); 130 interrupted (rerun to resume)")
+EXIT_CODES = ("exit codes: 0 done; 1 compare / sweep: some arms failed (recorded; rerun to retry them); "
+              "2 bad input (one line names the file or key; nothing written); "
+              "3 the fit diverged (NaN or inf; the last good checkpoint is kept); "
+              "4 an optional package is missing (one line names the extra); 130 interrupted (rerun to resume)")
 OPTION_RANGES: dict[str, Range] = {
     "iters": RANGES["train.iters"],
     "holdout": RANGES["train.holdout"],
@@ -120,6 +124,27 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="fit several geometry arms on one scene, evaluate each, write report.html / .md")
     p.add_argument("data_dir", type=Path, help="scene folder (DTU/IDR/NeuS layout)")
     p.add_argument("--out", type=Path, required=True, help="comparison folder (one run per arm and seed; resumable)")
+    _add_study_options(p)
+    p.add_argument("overrides", nargs="*", help="config overrides for every arm, section.key=value")
+    p.set_defaults(run=_run_compare)
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="scenes x arms x seeds: one results table and one report across scenes; "
+                                     "on this machine's cores or a Ray cluster")
+    p.add_argument("items", nargs="+", metavar="SCENES",
+                   help="scene folders, or YAML files listing scenes (path, name, format, downscale, overrides); "
+                        "section.key=value items are config overrides for every arm")
+    p.add_argument("--out", type=Path, required=True,
+                   help="sweep folder: DIR/<scene>/<arm>/seed<k>/, results.csv, report.html / .md (resumable)")
+    _add_study_options(p)
+    p.set_defaults(run=_run_sweep, overrides=[])
+
+
+def _add_study_options(p: argparse.ArgumentParser) -> None:
+    """The options ``compare`` and ``sweep`` share: what is fitted, and where the fits run."""
+    from recon.executors import DEFAULT_RETRIES, EXECUTORS
+
     p.add_argument("--arms", default=",".join(ARMS),
                    help=f"comma-separated geometry arms (default: MonoSDF's four, {','.join(ARMS)})")
     p.add_argument("--seeds", type=int, default=1, help="seeds per arm; K > 1 gives mean ± std (default 1)")
@@ -129,8 +154,38 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=None, help="marching-cubes resolution (default: the config's mesh.resolution)")
     p.add_argument("--no-cull", action="store_true", help="evaluate whole meshes, not only what the cameras see")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", help="config overrides for every arm, section.key=value")
-    p.set_defaults(run=_run_compare)
+    _add_pictures_option(p)
+    g = p.add_argument_group("where the fits run")
+    g.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: a pool of worker processes on this machine (default); ray: tasks on a Ray cluster "
+                        "(pip install 'recon[ray]'); serial: one fit after another in this process")
+    g.add_argument("--workers", type=int, default=None,
+                   help="local: fits at once (default: one per core up to the number of fits; with GPUs one per GPU, "
+                        "or per GPU share)")
+    g.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+                   help="CPU threads of each fit, the same on every executor (default: cores / workers; on Ray the "
+                        "cluster's CPUs / fits, at most one node's; Ray: the task's num_cpus)")
+    g.add_argument("--gpus-per-task", type=float, default=None, metavar="G",
+                   help="GPU share of each fit, 0 <= G <= 1 (0.25 packs four fits on one card; default 1 when there "
+                        "are GPUs, else 0)")
+    g.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help=f"times a fit whose worker process died (killed, out of memory) is started again "
+                        f"(default {DEFAULT_RETRIES})")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)")
+
+
+def _add_pictures_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-pictures", action="store_true",
+                   help="reports without the mesh pictures (renders, distance maps, close-ups: about half a minute "
+                        "per scene); tables and plots stay")
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="rebuild report.html / .md and results.csv of a sweep or comparison folder")
+    p.add_argument("out_dir", type=Path, help="folder written by `recon sweep` or `recon compare`")
+    _add_pictures_option(p)
+    p.set_defaults(run=_run_report)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -153,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``recon`` argument parser."""
     parser = _Parser(prog="recon", description=__doc__.splitlines()[0] if __doc__ else None, epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_fit, _add_check, _add_extract, _add_eval, _add_compare, _add_demo):
+    for add in (_add_synth, _add_fit, _add_check, _add_extract, _add_eval, _add_compare, _add_sweep, _add_report,
+                _add_demo):
         add(sub)
     return parser
 
@@ -235,20 +291,64 @@ def _run_eval(args: argparse.Namespace) -> None:
     print(json_text(metrics, indent=2))
 
 
-def _run_compare(args: argparse.Namespace) -> None:
-    from recon.compare import CompareSpec, parse_arms, preset_path, run_compare
-    from recon.config import load_config
-    from recon.report import build_report
+def _study_settings(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
+    """The config file (preset or --config) and overrides every arm of a comparison or sweep gets."""
+    from recon.compare import preset_path
 
     if args.preset is not None and args.config is not None:
         raise InputError("--preset", "give a preset or a config file, not both")
     cfg_file = preset_path(args.preset) if args.preset is not None else args.config
     overrides = list(args.overrides) + ([f"train.iters={args.iters}"] if args.iters is not None else [])
+    return cfg_file, overrides
+
+
+def _executor(args: argparse.Namespace, n_tasks: int):
+    from recon.executors import ExecutorOptions, make_executor
+
+    options = ExecutorOptions(args.executor, args.workers, args.threads_per_worker, args.gpus_per_task, args.retries,
+                              args.ray_address)
+    return make_executor(options, n_tasks)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from recon.compare import CompareSpec, parse_arms
+    from recon.config import load_config
+    from recon.sweep import run_compare
+
+    cfg_file, overrides = _study_settings(args)
     resolution = args.resolution if args.resolution is not None else load_config(cfg_file, overrides).mesh.resolution
     spec = CompareSpec(args.data_dir, args.out, parse_arms(args.arms), args.seeds, resolution,
                        not args.no_cull, cfg_file, tuple(overrides))
-    run_compare(spec, progress=not args.quiet)
-    html_path, md_path = build_report(args.out)
+    executor = _executor(args, len(spec.arms) * max(1, spec.seeds))
+    return _failures(run_compare(spec, executor, progress=not args.quiet, report=True, pictures=not args.no_pictures))
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from recon.compare import parse_arms
+    from recon.sweep import read_scenes, run_sweep, sweep_spec
+
+    scene_items = [i for i in args.items if Path(i).exists() or "=" not in i]
+    args.overrides = [i for i in args.items if i not in scene_items] + list(args.overrides)
+    cfg_file, overrides = _study_settings(args)
+    spec = sweep_spec(read_scenes([Path(i) for i in scene_items]), args.out, parse_arms(args.arms), args.seeds,
+                      args.resolution, not args.no_cull, cfg_file, overrides)
+    executor = _executor(args, len(spec.scenes) * len(spec.arms) * max(1, spec.seeds))
+    return _failures(run_sweep(spec, executor, progress=not args.quiet, report=True, pictures=not args.no_pictures))
+
+
+def _failures(results: list[dict]) -> int:
+    """Exit code 1 (after a line saying so) when some arm failed, else 0."""
+    failed = [r for r in results if r.get("status", "ok") != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(results)} arms failed (their errors are in the report and results.csv); "
+              "rerun the same command to retry them", file=sys.stderr)
+    return EXIT_ARMS_FAILED if failed else 0
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    from recon.sweep_report import write_report
+
+    html_path, md_path = write_report(args.out_dir, pictures=not args.no_pictures)
     print(f"report: {html_path} and {md_path}")
 
 
@@ -294,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         check_options(args)
-        args.run(args)
+        code = args.run(args)
     except InputError as err:
         print(f"recon {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -307,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"recon {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -1,27 +1,34 @@
-"""Fit several geometry arms on one scene and measure each: MonoSDF's four-arm ablation in one call.
+"""One scene's comparison of geometry arms (MonoSDF's four-arm ablation), and the task that fits one arm.
 
-Layout of a comparison folder ``DIR``::
+Layout of a comparison folder ``DIR`` (and of each scene's folder in a sweep, ``recon.sweep``)::
 
     DIR/compare.json                the settings (scene, arms, seeds, iterations, resolution, overrides)
     DIR/<arm>/seed<k>/              one fit (a recon run directory, ``recon.run``)
     DIR/<arm>/seed<k>/mesh.ply      its mesh, in world units
-    DIR/<arm>/seed<k>/result.json   parameters, fit time, PSNR, mesh metrics: written last, atomically
+    DIR/<arm>/seed<k>/result.json   parameters, fit time, PSNR, mesh metrics: written last, atomically;
+                                    or ``status: failed`` with the error (``error.txt``: the traceback)
 
-An arm (one geometry arm and seed) is finished when its ``result.json`` exists and
-was made with the same settings; rerunning the same command redoes only the
-others (and the fit itself resumes from its checkpoint, under ``recon.run``'s resume rule).
-Every arm gets the same config apart from ``geometry.arm`` and ``train.seed``:
-the grid arms match the hash grid's parameter count
+An arm (one geometry arm and seed) is finished when its ``result.json`` says ``status: ok`` and
+was made with the same settings; rerunning the same command redoes only the others, failed ones
+included (and the fit itself resumes from its checkpoint, under ``recon.run``'s resume rule).
+Every arm gets the same config apart from ``geometry.arm``, ``train.seed`` and ``train.threads``
+(the executor's thread budget): the grid arms match the hash grid's parameter count
 (``encoding.dense_resolution = 0`` and ``geometry.sdf_grid_resolution = 0``).
+
+``run_arm`` is the one task of a comparison or a sweep: a plain picklable function of its
+``ArmTask`` that fits, extracts, evaluates and writes its own ``result.json``, the executors
+(``recon.executors``) run it in this process, in a process pool or on Ray.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import socket
 import time
+import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +36,20 @@ import numpy as np
 
 from recon.config import ARMS, Config, config_to_dict, load_config
 from recon.errors import InputError
-from recon.io import check_output_dir, write_json_atomic
-from recon.run import RunDir, arm_run_dir, check_resumable
+from recon.io import write_json_atomic, write_text_atomic
+from recon.run import RunDir, arm_run_dir
 
 SETTINGS = "compare.json"
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 FSCORE_THRESHOLDS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
 """F-score thresholds (x GT diagonal) evaluated for every arm: the report plots F-score against them."""
+SET_BY_EXECUTOR = ("train.threads",)
+"""Config keys the executor sets per task (the thread budget): refused as overrides, not part of the settings."""
 
 
 @dataclass
 class CompareSpec:
-    """What one comparison fits and measures."""
+    """What one comparison (one scene of a sweep) fits and measures."""
 
     data_dir: Path
     out_dir: Path
@@ -52,6 +61,12 @@ class CompareSpec:
     overrides: tuple[str, ...] = ()
     n_points: int = 200_000
     """Samples per mesh for the metrics."""
+    name: str = ""
+    """The scene's name in a sweep's tables and folders (default: the data folder's name)."""
+
+    def __post_init__(self) -> None:
+        self.data_dir, self.out_dir = Path(self.data_dir), Path(self.out_dir)
+        self.name = self.name or self.data_dir.resolve().name
 
     def run_dir(self, arm: str, seed: int) -> RunDir:
         return RunDir(arm_run_dir(self.out_dir, arm, seed))
@@ -66,8 +81,16 @@ class CompareSpec:
         cfg = config_to_dict(self.config_for(self.arms[0], 0))
         cfg["geometry"].pop("arm")
         cfg["train"].pop("seed")
+        for key in SET_BY_EXECUTOR:
+            section, name = key.split(".")
+            cfg[section].pop(name)
         return {"data_dir": str(self.data_dir.resolve()), "resolution": self.resolution, "cull": self.cull,
                 "n_points": self.n_points, "config": cfg}
+
+    def task(self, arm: str, seed: int, threads: int, progress: bool = False) -> ArmTask:
+        """The task that fits, extracts and evaluates one arm and seed with ``threads`` CPU threads."""
+        return ArmTask(self.name, self.data_dir, self.run_dir(arm, seed).root, arm, seed, self.cfg_file,
+                       self.overrides, self.resolution, self.cull, self.n_points, self.settings(), threads, progress)
 
 
 def preset_path(name: str) -> Path:
@@ -90,41 +113,26 @@ def parse_arms(text: str) -> tuple[str, ...]:
     return names
 
 
-def _is_finished(run: RunDir, settings: dict[str, Any]) -> bool:
-    if not run.result.is_file() or not run.mesh.is_file():
-        return False
+def read_result(run: RunDir) -> dict[str, Any] | None:
+    """An arm's ``result.json`` (None when there is none or it is unreadable)."""
+    if not run.result.is_file():
+        return None
     try:
-        return json.loads(run.result.read_text()).get("settings") == json.loads(json.dumps(settings))
+        return json.loads(run.result.read_text())
     except ValueError:
-        return False
+        return None
 
 
-def run_compare(spec: CompareSpec, progress: bool = True) -> list[dict[str, Any]]:
-    """Fit, extract and evaluate every arm not finished yet; return all arms' results."""
-    from recon.datasets import load_data
+def is_ok(result: dict[str, Any]) -> bool:
+    """Whether a result is a finished arm's measurements (results of earlier versions have no status)."""
+    return result.get("status", "ok") == "ok"
 
-    check_output_dir(spec.out_dir)
-    data = spec.config_for(spec.arms[0], 0).data
-    scene = load_data(spec.data_dir, data)  # bad input stops here
-    settings = spec.settings()
-    arms = [(arm, seed) for seed in range(spec.seeds) for arm in spec.arms]
-    for arm, seed in arms:  # before anything is written
-        if not _is_finished(spec.run_dir(arm, seed), settings):
-            check_resumable(spec.run_dir(arm, seed).root, spec.config_for(arm, seed))
-    gt = str(scene.gt_mesh_path.resolve()) if scene.gt_mesh_path else None
-    write_json_atomic(spec.out_dir / SETTINGS, {**settings, "arms": list(spec.arms), "seeds": spec.seeds,
-                                                 "overrides": list(spec.overrides), "gt_mesh": gt,
-                                                 "up": scene_up(scene).tolist()})
-    results = []
-    for number, (arm, seed) in enumerate(arms, start=1):
-        run = spec.run_dir(arm, seed)
-        label = f"[arm {number}/{len(arms)}] {arm} seed {seed}"
-        if _is_finished(run, settings):
-            print(f"{label}: finished earlier, kept")
-        else:
-            _run_arm(spec, scene, arm, seed, settings, label, progress)
-        results.append(json.loads(run.result.read_text()))
-    return results
+
+def is_finished(run: RunDir, settings: dict[str, Any]) -> bool:
+    """The arm in ``run`` finished (``status: ok``, its mesh on disk) with these settings."""
+    result = read_result(run)
+    return (result is not None and is_ok(result) and run.mesh.is_file()
+            and result.get("settings") == json.loads(json.dumps(settings)))
 
 
 def scene_up(scene) -> np.ndarray:
@@ -134,38 +142,94 @@ def scene_up(scene) -> np.ndarray:
     return up / norm if norm > 1e-6 else np.array([0.0, 0.0, 1.0])
 
 
-def _run_arm(spec: CompareSpec, scene, arm: str, seed: int, settings: dict[str, Any], label: str,
-             progress: bool) -> None:
-    run = spec.run_dir(arm, seed)
+# ----------------------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class ArmTask:
+    """Everything one arm-fit needs, picklable: it runs wherever an executor sends it."""
+
+    scene: str
+    data_dir: Path
+    run_dir: Path
+    arm: str
+    seed: int
+    cfg_file: Path | None
+    overrides: tuple[str, ...]
+    resolution: int
+    cull: bool
+    n_points: int
+    settings: dict[str, Any] = field(hash=False)
+    threads: int
+    """CPU threads of the fit (torch's intra-op threads); the same on every executor, so that
+    multi-threaded float reductions, and so the results, do not depend on where it runs."""
+    progress: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.scene} / {self.arm} / seed {self.seed}"
+
+    def config(self) -> Config:
+        extra = [f"geometry.arm={self.arm}", f"train.seed={self.seed}", f"train.threads={self.threads}"]
+        return load_config(self.cfg_file, [*self.overrides, *extra])
+
+
+def run_arm(task: ArmTask) -> dict[str, Any]:
+    """Fit, extract and evaluate one arm; write its ``result.json`` (last, atomically) and return it.
+
+    Any error is recorded as the result (``status: failed``, the error's type and first line;
+    ``error.txt``: the traceback), so the other arms go on.
+    """
+    run = RunDir(task.run_dir)
+    start = time.perf_counter()
     with run.writing():  # the fit, its mesh and result.json: one writer
-        _fit_and_measure(spec, scene, arm, seed, settings, label, progress)
+        try:
+            result = {"status": "ok", **_fit_and_measure(task, run), "seconds": time.perf_counter() - start}
+        except Exception as err:  # noqa: BLE001 - every failure of an arm is recorded, none stops the sweep
+            write_text_atomic(run.error, traceback.format_exc())
+            result = failed_result(task, type(err).__name__, one_line_error(err), time.perf_counter() - start)
+        write_json_atomic(run.result, result)
+    return result
 
 
-def _fit_and_measure(spec: CompareSpec, scene, arm: str, seed: int, settings: dict[str, Any], label: str,
-                     progress: bool) -> None:
+def failed_result(task: ArmTask, error_type: str, error: str, seconds: float) -> dict[str, Any]:
+    """The result of an arm that failed (also written by the driver for a worker that was lost)."""
+    return {"status": "failed", "scene": task.scene, "arm": task.arm, "seed": task.seed, "settings": task.settings,
+            "threads": task.threads, "host": socket.gethostname(), "error_type": error_type, "error": error,
+            "seconds": seconds}
+
+
+def one_line_error(err: BaseException) -> str:
+    """An exception's message on one line (at most 300 characters)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _fit_and_measure(task: ArmTask, run: RunDir) -> dict[str, Any]:
+    import torch
+
+    from recon.datasets import load_data
     from recon.extract import run_mesh
     from recon.mesh import save_mesh
     from recon.train import fit
 
-    run = spec.run_dir(arm, seed)
-    cfg = spec.config_for(arm, seed)
-    print(f"{label}: fitting {cfg.train.iters} steps")
-    fit(spec.data_dir, run.root, cfg, progress=progress)
+    torch.set_num_threads(task.threads)
+    cfg = task.config()
+    fit(task.data_dir, run.root, cfg, progress=task.progress)
     meta = run.read_meta()
-    print(f"{label}: {meta['n_params_encoding']:,} encoding parameters, {meta['n_params_total']:,} in all; "
-          f"extracting the mesh at {spec.resolution}^3")
     start = time.perf_counter()
-    mesh = run_mesh(run.root, spec.resolution, progress=progress)
+    mesh = run_mesh(run.root, task.resolution, progress=task.progress)
     save_mesh(mesh, run.mesh)
-    result = {
-        "arm": arm, "seed": seed, "settings": settings,
+    mesh_seconds = time.perf_counter() - start
+    scene = load_data(task.data_dir, cfg.data)
+    return {
+        "scene": task.scene, "arm": task.arm, "seed": task.seed, "settings": task.settings,
+        "threads": task.threads, "host": socket.gethostname(),
         "n_params_encoding": meta["n_params_encoding"], "n_params_total": meta["n_params_total"],
-        "mesh": run.mesh.name, "mesh_seconds": time.perf_counter() - start,
+        "mesh": run.mesh.name, "mesh_seconds": mesh_seconds,
         **_training_summary(run),
-        "metrics": _evaluate(spec, scene, mesh),
+        "metrics": _evaluate(task, scene, mesh),
     }
-    write_json_atomic(run.result, result)
-    print(f"{label}: {_one_line(result)}")
 
 
 def _training_summary(run: RunDir) -> dict[str, Any]:
@@ -180,20 +244,24 @@ def _training_summary(run: RunDir) -> dict[str, Any]:
     return out
 
 
-def _evaluate(spec: CompareSpec, scene, mesh) -> dict[str, float] | None:
+def _evaluate(task: ArmTask, scene, mesh) -> dict[str, float] | None:
     from recon.mesh import load_mesh
     from recon.metrics import Views, mesh_metrics
 
     if scene.gt_mesh_path is None:
         return None
-    views = Views.from_scene(scene) if spec.cull else None
-    return mesh_metrics(mesh, load_mesh(scene.gt_mesh_path), spec.n_points, FSCORE_THRESHOLDS, views=views)
+    views = Views.from_scene(scene) if task.cull else None
+    return mesh_metrics(mesh, load_mesh(scene.gt_mesh_path), task.n_points, FSCORE_THRESHOLDS, views=views)
 
 
-def _one_line(result: dict[str, Any]) -> str:
+def one_line_result(result: dict[str, Any]) -> str:
+    """A result in one line: ok with fit time, held-out PSNR and mesh metrics, or failed with its error."""
     from recon.metrics import format_metrics
 
-    parts = [f"fit {result['fit_seconds']:.0f} s"]
+    if not is_ok(result):
+        return f"FAILED ({result['error_type']}: {result['error']})"
+    parts = [f"ok in {result['seconds']:.0f} s (fit {result['fit_seconds']:.0f} s)" if "seconds" in result
+             else f"ok, fit {result['fit_seconds']:.0f} s"]
     if result.get("holdout_psnr") is not None:
         parts.append(f"held-out PSNR {result['holdout_psnr']:.2f}")
     if result["metrics"] is not None:
@@ -228,17 +296,21 @@ def summarise(results: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, d
     return {arm: {k: mean_std([result_value(r, k) for r in rs]) for k in keys} for arm, rs in by_arm.items()}
 
 
-def load_results(out_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The settings and the finished arms' results of a comparison folder."""
-    out_dir = Path(out_dir)
-    settings_path = out_dir / SETTINGS
-    if not settings_path.is_file():
+def read_settings(out_dir: str | Path) -> dict[str, Any]:
+    """A comparison folder's ``compare.json``; an ``InputError`` when there is none."""
+    path = Path(out_dir) / SETTINGS
+    if not path.is_file():
         raise InputError(out_dir, f"no {SETTINGS}: not a recon comparison folder")
-    settings = json.loads(settings_path.read_text())
+    return json.loads(path.read_text())
+
+
+def load_results(out_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The settings and the recorded arms' results (finished and failed) of a comparison folder."""
+    settings = read_settings(out_dir)
     results = []
     for seed in range(settings["seeds"]):
         for arm in settings["arms"]:
-            path = RunDir(arm_run_dir(out_dir, arm, seed)).result
-            if path.is_file():
-                results.append(json.loads(path.read_text()))
+            result = read_result(RunDir(arm_run_dir(out_dir, arm, seed)))
+            if result is not None:
+                results.append(result)
     return settings, results

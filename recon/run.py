@@ -12,8 +12,11 @@ Layout of a run ``RUN``::
     RUN/holdout.json      held-out scores; RUN/holdout/view_NNN.png their renders
     RUN/mesh.ply          (comparison arms) the extracted mesh, in world units
     RUN/result.json       (comparison arms) the arm's measurements, written last
+    RUN/error.txt         (comparison arms) the traceback of a failed arm
 
-A comparison keeps one run per arm and seed in ``arm_run_dir(out, arm, seed)``.
+A comparison keeps one run per arm and seed in ``arm_run_dir(out, arm, seed)``; a sweep one per
+scene, arm and seed in ``sweep_run_dir(out, scene, arm, seed)``. A failed arm's ``result.json``
+says so (``status: failed``) and ``RUN/error.txt`` holds the traceback.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ def arm_run_dir(out_dir: str | Path, arm: str, seed: int) -> Path:
     return Path(out_dir) / arm / f"seed{seed}"
 
 
+def sweep_run_dir(out_dir: str | Path, scene: str, arm: str, seed: int) -> Path:
+    """The run directory of one scene, arm and seed of a sweep: ``OUT/<scene>/<arm>/seed<k>``
+    (each scene's folder is laid out as a comparison)."""
+    return arm_run_dir(Path(out_dir) / scene, arm, seed)
+
+
 class _Entry:
     """A file or folder of a run directory: ``RunDir.<entry>`` is its path."""
 
@@ -80,6 +89,7 @@ class RunDir:
     holdout_dir = _Entry("holdout")
     mesh = _Entry("mesh.ply")
     result = _Entry("result.json")
+    error = _Entry("error.txt")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))

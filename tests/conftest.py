@@ -110,3 +110,58 @@ def assert_refused(root: Path, expected: list[str], capsys: pytest.CaptureFixtur
         assert text in message, f"{text!r} not in {message!r}"
     assert main(["check", str(root)]) == 2
     assert capsys.readouterr().err.strip() == f"recon check: error: {message}"
+
+
+# A sweep of two tiny scenes x two arms (tests/test_sweep.py, tests/test_sweep_ray.py).
+SWEEP_ARMS = ("hashgrid", "densegrid")
+SWEEP_OVERRIDES = tuple(FAST_FIT + ["train.iters=6", "train.ckpt_every=3"])
+
+
+@pytest.fixture(scope="session")
+def two_scenes(tiny_scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A YAML file listing two tiny scenes, named a and b. Read-only."""
+    from recon.datasets import synthesize
+
+    root = tmp_path_factory.mktemp("two_scenes")
+    synthesize(root / "other", n_views=8, size=32, seed=1, mesh_resolution=64)
+    (root / "scenes.yaml").write_text(f"scenes:\n  - path: {tiny_scene_dir}\n    name: a\n  - path: other\n    name: b\n")
+    return root / "scenes.yaml"
+
+
+def sweep_of(scenes_file: Path, out: Path):
+    """The sweep of ``scenes_file`` x ``SWEEP_ARMS`` x one seed, small meshes and metrics."""
+    from recon.sweep import read_scenes, sweep_spec
+
+    return sweep_spec(read_scenes([scenes_file]), out, SWEEP_ARMS, 1, 24, True, None, SWEEP_OVERRIDES, 5_000)
+
+
+@pytest.fixture(scope="session")
+def serial_sweep(two_scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-scene sweep run serially with one thread per fit: the reference results."""
+    from recon.executors import SerialExecutor
+    from recon.sweep import run_sweep
+
+    out = tmp_path_factory.mktemp("serial_sweep") / "sweep"
+    run_sweep(sweep_of(two_scenes, out), SerialExecutor(threads=1), progress=False)
+    return out
+
+
+def sweep_values(out: Path) -> dict:
+    """(scene, arm, seed) -> (status, Chamfer, F@1%, detail NC, train PSNR, threads) of a sweep folder."""
+    from recon.sweep import load_sweep
+
+    values = {}
+    for r in load_sweep(out).results:
+        m = r.get("metrics") or {}
+        values[(r["scene"], r["arm"], r["seed"])] = (
+            r["status"], m.get("chamfer_l1"), m.get("fscore@0.01"), m.get("detail_normal_consistency"),
+            r.get("train_psnr"), r["threads"])
+    return values
+
+
+def assert_same_results(got: dict, want: dict) -> None:
+    """``sweep_values`` of two sweeps: the same arms, all finished, the same threads, metrics within 1e-6."""
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key][0] == want[key][0] == "ok" and got[key][5] == want[key][5]
+        assert got[key][1:5] == pytest.approx(want[key][1:5], rel=1e-6), key

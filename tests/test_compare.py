@@ -9,9 +9,10 @@ import pytest
 
 from conftest import FAST_FIT
 from recon.cli import main
-from recon.compare import CompareSpec, load_results, mean_std, parse_arms, preset_path, run_compare, summarise
+from recon.compare import CompareSpec, load_results, mean_std, parse_arms, preset_path, summarise
 from recon.errors import InputError
 from recon.report import build_report
+from recon.sweep import run_compare
 
 ITERS = ["train.iters=6", "train.ckpt_every=3"]
 
@@ -56,8 +57,8 @@ def test_rerun_redoes_only_unfinished_arms(compared: Path, tiny_scene_dir: Path,
     capsys.readouterr()
     run_compare(_spec(tiny_scene_dir, compared), progress=False)
     out = capsys.readouterr().out
-    assert "[arm 1/2] hashgrid seed 0: finished earlier, kept" in out
-    assert "[arm 2/2] densegrid seed 0: fitting" in out
+    assert "[1/2] scene / hashgrid / seed 0: finished earlier, kept" in out
+    assert "1 finished earlier, 1 to run" in out and "scene / densegrid / seed 0: ok" in out
     assert done.stat().st_mtime_ns == before and redo.is_file()
     # other settings (here the mesh resolution) make every arm stale
     run_compare(_spec(tiny_scene_dir, compared, resolution=20), progress=False)

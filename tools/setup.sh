@@ -13,7 +13,7 @@ fi
 PIP=".venv/bin/python -m pip"
 # torch first and pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine.
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q torch==2.13.0
-$PIP install -q -e ".[metrics,test]"
+$PIP install -q -e ".[metrics,test,ray]"  # ray: the sweep's Ray executor, and its tests
 
 # Optional: headless Chromium for tools/screenshot_report.sh (and its test): RECON_CHROMIUM=1 bash tools/setup.sh
 if [ "${RECON_CHROMIUM:-0}" = "1" ] && ! command -v chromium >/dev/null; then
