@@ -11,7 +11,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from recon.config import ARMS
+from recon.config import ARMS, DEFAULT_TEXTURE_SIZE, MESH_COLORS
 from recon.errors import InputError
 
 if TYPE_CHECKING:
@@ -73,6 +73,16 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="mesh file (.ply, .obj or .glb)")
     p.add_argument("--largest-component", action="store_true", help="keep only the largest connected piece")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth mesh to score against (default: the scene's)")
+    p.add_argument("--color", choices=MESH_COLORS, default="none",
+                   help="none: normals only (the SDF's gradient at each vertex); vertex: also vertex colours from "
+                        "the colour network, seen along the reversed normal; texture: a UV atlas (xatlas, "
+                        "recon[texture]) and a baked texture: OBJ + MTL + PNG, or a GLB with a material (default none)")
+    p.add_argument("--texture-size", type=int, default=DEFAULT_TEXTURE_SIZE, metavar="N",
+                   help=f"--color texture: about N x N texels (default {DEFAULT_TEXTURE_SIZE})")
+    p.add_argument("--psnr", action="store_true",
+                   help="ray cast the coloured mesh from the training cameras and print its PSNR / SSIM against "
+                        "the photographs (inside the masks), as held-out views are scored")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_extract)
 
 
@@ -175,7 +185,8 @@ def _run_check(args: argparse.Namespace) -> None:
 def _run_extract(args: argparse.Namespace) -> None:
     from recon.extract import extract_run
 
-    result = extract_run(args.run_dir, args.output, args.resolution, args.largest_component, args.gt)
+    result = extract_run(args.run_dir, args.output, args.resolution, args.largest_component, args.gt,
+                         args.color, args.texture_size, args.psnr, progress=not args.quiet)
     print(result)
 
 

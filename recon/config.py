@@ -21,6 +21,10 @@ from recon.errors import InputError
 
 ARMS = ("hashgrid", "densegrid", "mlp", "sdfgrid")
 """MonoSDF's four geometry arms (``geometry.arm``)."""
+MESH_COLORS = ("none", "vertex", "texture")
+"""What an exported mesh carries besides its normals (``recon extract --color``; ``recon.mesh_color``)."""
+DEFAULT_TEXTURE_SIZE = 2048
+"""Texels a side of a baked texture (``recon extract --texture-size``)."""
 
 
 @dataclass
@@ -207,6 +211,10 @@ class TrainConfig:
     """CPU threads for torch (0: torch's default)."""
     occupancy_every: int = 16
     """Steps between updates of the occupancy grid (render.occupancy_resolution)."""
+    tensorboard: Literal["auto", "on", "off"] = "auto"
+    """TensorBoard event files in RUN/tensorboard/ (every metrics.jsonl record as scalars, validation and
+    held-out renders as images): auto when the tensorboard package is installed (recon[tensorboard]),
+    on (an error without it), off."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ Layout of a run ``RUN``::
     RUN/checkpoint.pt     everything a resume needs, written atomically
     RUN/val/              validation renders, step_XXXXXX.png
     RUN/holdout.json      held-out scores; RUN/holdout/view_NNN.png their renders
+    RUN/tensorboard/      TensorBoard event files (train.tensorboard; recon.monitor)
     RUN/mesh.ply          (comparison arms) the extracted mesh, in world units
     RUN/result.json       (comparison arms) the arm's measurements, written last
 
@@ -37,7 +38,7 @@ from recon.render.density import Density, make_density
 
 RESUMABLE_CHANGES = (
     "train.iters", "train.device", "train.threads", "train.log_every", "train.val_every", "train.ckpt_every",
-    "encoding.backend", "data.max_rays",
+    "encoding.backend", "data.max_rays", "train.tensorboard",
 )
 """Settings a resumed run may take from the new command: they change neither what is fitted nor how
 (the step count, where and how fast it runs, how often it reports). Any other change is refused."""
@@ -70,6 +71,7 @@ class RunDir:
     val_dir = _Entry("val")
     holdout = _Entry("holdout.json")
     holdout_dir = _Entry("holdout")
+    tensorboard = _Entry("tensorboard")
     mesh = _Entry("mesh.ply")
     result = _Entry("result.json")
 

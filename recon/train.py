@@ -22,6 +22,7 @@ from recon.datasets import load_scene
 from recon.datasets.scene import Scene
 from recon.errors import InputError
 from recon.holdout import score_holdout, split_holdout
+from recon.monitor import open_monitor
 from recon.objective import Objective, StepLosses
 from recon.optim import lr_factor, make_optimizer, set_learning_rates
 from recon.rays import RaySource
@@ -69,6 +70,7 @@ class Fitter:
             **{f"n_params_{part}": n for part, n in self.field.parameter_counts().items()},
         }
         self.step, self.elapsed = 0, 0.0
+        self.monitor = open_monitor(self.run.tensorboard, cfg.train.tensorboard)
 
     @property
     def model(self) -> Model:
@@ -134,7 +136,8 @@ class Fitter:
         rendered = render_image(
             self.field, self.density, self.background, self.rays, index, self.cfg.render, self.cfg.train.val_max_side
         )
-        save_validation_image(self.run.val_dir / f"step_{self.step:06d}.png", rendered)
+        strip = save_validation_image(self.run.val_dir / f"step_{self.step:06d}.png", rendered)
+        self.monitor.image("val", strip, self.step)
         return rendered.psnr
 
     def log(self, losses: dict[str, float]) -> None:
@@ -155,6 +158,7 @@ class Fitter:
         if not all(math.isfinite(v) for v in record.values()):
             raise FloatingPointError(f"non-finite training state at step {self.step}: {record}")
         self.run.append_metrics(record)
+        self.monitor.scalars(record)
 
 
 def fit(
@@ -202,5 +206,7 @@ def _loop(fitter: Fitter, progress: bool) -> None:
     if fitter.step == t.iters and t.iters > 0:
         fitter.validate()
         if fitter.held_out is not None:
-            score_holdout(fitter.model, fitter.held_out, fitter.held_out_indices, fitter.run, fitter.step, progress)
+            score_holdout(fitter.model, fitter.held_out, fitter.held_out_indices, fitter.run, fitter.step, progress,
+                          fitter.monitor)
         fitter.save_checkpoint()
+    fitter.monitor.close()
