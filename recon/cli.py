@@ -87,9 +87,18 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="Chamfer, F-score and normal consistency of a mesh against ground truth")
-    p.add_argument("mesh", type=Path, help="predicted mesh (world units)")
-    p.add_argument("--gt", type=Path, required=True, help="ground-truth mesh")
+    p = sub.add_parser(
+        "eval", help="Chamfer, F-score and normal consistency of a mesh against ground truth, or DTU's official protocol",
+        description="Score a mesh against a ground-truth mesh (--gt), or with DTU's official evaluation (--dtu-scan N "
+                    "--dtu-dir DIR: accuracy, completeness and Chamfer in mm, in DTU's world frame, as DTU's MATLAB "
+                    "code and its Python port compute them; recon's meshes of DTU scenes are in that frame). DIR holds "
+                    "DTU's official files, ObsMask/ObsMask{N}_10.mat, ObsMask/Plane{N}.mat (the SampleSet download) "
+                    "and Points/stl/stl{NNN}_total.ply (the Points download): see data/README.md.")
+    p.add_argument("mesh", type=Path, help="predicted mesh (world units); with --dtu-scan also a PLY point cloud")
+    p.add_argument("--gt", type=Path, default=None, help="ground-truth mesh")
+    p.add_argument("--dtu-scan", type=int, default=None, metavar="N", help="DTU's official evaluation of scan N")
+    p.add_argument("--dtu-dir", type=Path, default=None, metavar="DIR",
+                   help="folder of DTU's official evaluation files (ObsMask/, Points/stl/; or SampleSet's 'MVS Data')")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     p.add_argument("--cull-to", type=Path, default=None, metavar="DATA_DIR",
                    help="count only surface that this scene's cameras see (inside the images and masks, not occluded)")
@@ -194,12 +203,30 @@ def _run_eval(args: argparse.Namespace) -> None:
     from recon.extract import evaluate_files
     from recon.metrics import DETAIL_RADIUS_REL
 
+    dtu = args.dtu_scan is not None or args.dtu_dir is not None
+    if dtu == (args.gt is not None):
+        raise InputError("--gt", "give a ground-truth mesh (--gt) or DTU's evaluation (--dtu-scan N --dtu-dir DIR), one of them")
+    if dtu:
+        _run_dtu_eval(args)
+        return
     radius = DETAIL_RADIUS_REL if args.detail_radius is None else args.detail_radius
     if not 0.0 < radius < 1.0:
         raise InputError("--detail-radius", f"must lie in (0, 1), got {radius}")
     if args.points < 100:
         raise InputError("--points", f"must be at least 100, got {args.points}")
     metrics = evaluate_files(args.mesh, args.gt, args.json, args.cull_to, radius, args.points)
+    print(json.dumps(metrics, indent=2))
+
+
+def _run_dtu_eval(args: argparse.Namespace) -> None:
+    from recon.dtu_eval import evaluate_dtu
+    from recon.io import write_json_atomic
+
+    if args.dtu_scan is None or args.dtu_dir is None:
+        raise InputError("--dtu-scan" if args.dtu_scan is None else "--dtu-dir", "DTU's evaluation needs both --dtu-scan and --dtu-dir")
+    metrics = evaluate_dtu(args.mesh, args.dtu_scan, args.dtu_dir)
+    if args.json is not None:
+        write_json_atomic(args.json, metrics)
     print(json.dumps(metrics, indent=2))
 
 
