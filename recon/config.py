@@ -269,6 +269,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
         choices = typing.get_args(annotation)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML reads a bare on / off as a boolean
         if value not in choices:
             raise InputError(where, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
         return value

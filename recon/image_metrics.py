@@ -31,6 +31,8 @@ SSIM_SIGMA = 1.5
 SSIM_WINDOW = 11
 """Side of the Gaussian window skimage uses for sigma 1.5 (``2 * int(3.5 sigma + 0.5) + 1``)."""
 LPIPS_NET = "alex"
+LPIPS_MIN_SIDE = 32
+"""Smaller images leave AlexNet's deepest layers with no pixels: LPIPS is left out for them."""
 ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
 """torchvision's ImageNet AlexNet, as the torch hub cache names it (``TORCH_HOME/hub/checkpoints``)."""
 
@@ -86,7 +88,10 @@ def lpips_model() -> torch.nn.Module | None:
 
 def lpips_distance(rgb: np.ndarray, target: np.ndarray,
                    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float | None:
-    """LPIPS between two (H, W, 3) images in [0, 1] (lower is closer); None when LPIPS is unavailable."""
+    """LPIPS between two (H, W, 3) images in [0, 1] (lower is closer); None when LPIPS is unavailable or the
+    images are smaller than ``LPIPS_MIN_SIDE``."""
+    if min(rgb.shape[:2]) < LPIPS_MIN_SIDE:
+        return None
     model = model if model is not None else lpips_model()
     if model is None:
         return None
