@@ -165,13 +165,14 @@ def _run_arm(spec: CompareSpec, scene, arm: str, seed: int, settings: dict[str, 
 
 
 def _training_summary(run: RunDir) -> dict[str, Any]:
-    """Fit time and final training PSNR from the metrics log; held-out PSNR / mask IoU from holdout.json."""
+    """Fit time and final training PSNR from the metrics log; held-out PSNR / SSIM / mask IoU from holdout.json."""
     steps = run.training_log()
     out: dict[str, Any] = {"fit_seconds": steps[-1]["elapsed_s"] if steps else 0.0,
                            "train_psnr": steps[-1]["psnr"] if steps else None}
     holdout = run.holdout_summary()
     if holdout is not None:
         out["holdout_psnr"] = holdout.get("psnr")
+        out["holdout_ssim"] = holdout.get("ssim")
         out["holdout_mask_iou"] = holdout.get("mask_iou")
     return out
 
@@ -192,6 +193,8 @@ def _one_line(result: dict[str, Any]) -> str:
     parts = [f"fit {result['fit_seconds']:.0f} s"]
     if result.get("holdout_psnr") is not None:
         parts.append(f"held-out PSNR {result['holdout_psnr']:.2f}")
+    if result.get("holdout_ssim") is not None:
+        parts.append(f"SSIM {result['holdout_ssim']:.3f}")
     if result["metrics"] is not None:
         parts.append(format_metrics(result["metrics"]))
     return ", ".join(parts)
