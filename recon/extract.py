@@ -93,13 +93,16 @@ def extract_run(
     return "\n".join(lines)
 
 
-def training_rays(model: Model) -> RaySource:
-    """The rays of the views a run was fitted on (its capture, less its held-out views), on the CPU."""
+def training_rays(model: Model, every: int = 1) -> RaySource:
+    """The rays of the views a run was fitted on (its capture, less its held-out views; with ``every`` K,
+    every K-th of them), on the CPU."""
     from recon.datasets import load_scene
 
     data = model.cfg.data
     scene = load_scene(model.meta["data_dir"], data.format, data.downscale, data.rgba_background)
     train, _, _ = split_holdout(scene, model.cfg.train.holdout)
+    if every > 1:
+        train = train.select(list(range(0, train.n_images, every)))
     return RaySource(train, torch.device("cpu"), data.max_rays)
 
 

@@ -19,7 +19,7 @@ from recon.mesh import extract_mesh, save_mesh
 from recon.mesh_color import SurfaceShader, area_weighted_normals, color_mesh
 from recon.rays import RayBatch
 from recon.run import Model, build_model
-from recon.texture import Texels, bake_texture, dilate, rasterize_uv, sample_texture, UVAtlas
+from recon.texture import UVAtlas, bake_texture, dilate, rasterize_uv, sample_texture
 
 RADIUS = 0.5
 SCALE_MAT = np.array([[2.5, 0, 0, 1.0], [0, 2.5, 0, -2.0], [0, 0, 2.5, 3.0], [0, 0, 0, 1]])
