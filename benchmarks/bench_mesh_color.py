@@ -115,7 +115,7 @@ def main() -> None:
     gt_path = model.meta.get("gt_mesh")
     if gt_path and Path(gt_path).is_file():
         truth = gt_normals_at(np.asarray(vertex.vertices), load_mesh(gt_path))
-        print("\n".join(normal_rows("fitted run vs gt_mesh", np.asarray(vertex.vertex_normals),
+        print("\n".join(normal_rows("fitted run vs gt_mesh", shader(np.asarray(vertex.vertices))[0],
                                     area_weighted_normals(vertex), truth)))
     print("\n".join(sphere_normals()))
 

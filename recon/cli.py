@@ -74,7 +74,7 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--largest-component", action="store_true", help="keep only the largest connected piece")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth mesh to score against (default: the scene's)")
     p.add_argument("--color", choices=MESH_COLORS, default="none",
-                   help="none: normals only (the SDF's gradient at each vertex); vertex: also vertex colours from "
+                   help="none: vertex normals only; vertex: also vertex colours from "
                         "the colour network, seen along the reversed normal; texture: a UV atlas (xatlas, "
                         "recon[texture]) and a baked texture: OBJ + MTL + PNG, or a GLB with a material (default none)")
     p.add_argument("--texture-size", type=int, default=DEFAULT_TEXTURE_SIZE, metavar="N",

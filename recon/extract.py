@@ -68,7 +68,7 @@ def extract_run(
     score_views: bool = False,
     progress: bool = True,
 ) -> str:
-    """Extract the run's surface to ``output`` with SDF-gradient vertex normals and the colours of
+    """Extract the run's surface to ``output`` with vertex normals and the colours of
     ``color`` (``recon.mesh_color.color_mesh``); return a one-paragraph summary (with metrics if GT
     exists; with ``score_views``, the coloured mesh's scores on the training views)."""
     check_mesh_path(output, textured=color == "texture")

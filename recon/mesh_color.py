@@ -1,9 +1,11 @@
 """A mesh people can use: vertex normals and colours from the fitted field, or a baked texture.
 
-Normals are the SDF's gradient at each vertex (what a fitted SDF knows best; docs/DECISIONS.md
-compares them with the mesh's own area-weighted normals). Colours come from the colour network
-queried as instant-nsr-pl and Neuralangelo export them: at the surface point, looking straight at
-it, i.e. view direction = -normal, with the point's geometry feature and, when the fit has
+Vertex normals are the mesh's own area-weighted normals: on a fitted run they lay 0.7-2.1° nearer the
+ground truth's than the SDF's gradient at the vertices (docs/DECISIONS.md), and they agree with the
+faces a viewer shades. Colours come from the colour network queried as instant-nsr-pl and
+Neuralangelo export them: at the surface point, looking straight at it, i.e. view direction = -n
+with n the SDF's unit gradient (the normal the colour network saw while fitting), with the point's
+geometry feature and, when the fit has
 per-image appearance codes (``color.appearance_dim > 0``), the mean of the training images' codes
 (one colour for the whole capture, no single photograph's exposure).
 
@@ -79,15 +81,15 @@ def area_weighted_normals(mesh: trimesh.Trimesh) -> np.ndarray:
 
 def color_mesh(mesh: trimesh.Trimesh, shader: SurfaceShader, mode: ColorMode,
                texture_size: int = DEFAULT_TEXTURE_SIZE) -> trimesh.Trimesh:
-    """The mesh with SDF-gradient vertex normals and, by ``mode``: nothing more (``none``), vertex
+    """The mesh with area-weighted vertex normals and, by ``mode``: nothing more (``none``), vertex
     colours (``vertex``), or a UV atlas with a texture baked from the colour network (``texture``,
     a PBR material whose base colour is the texture; seam vertices are duplicated)."""
-    normals, colors = shader(mesh.vertices)
+    normals = area_weighted_normals(mesh)
     if mode == "texture":
         return _textured(mesh, normals, shader, texture_size)
     out = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False)
     if mode == "vertex":
-        out.visual.vertex_colors = _to_rgba8(colors)
+        out.visual.vertex_colors = _to_rgba8(shader(mesh.vertices)[1])
     out.vertex_normals = normals
     return out
 
