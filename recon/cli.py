@@ -14,7 +14,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from recon.config import ARMS, RANGES, Range, at_least, check_range
+from recon.config import ARMS, DEFAULT_TEXTURE_SIZE, MESH_COLORS, RANGES, Range, at_least, check_range
 from recon.errors import InputError, MissingDependencyError, TrainingDiverged
 
 if TYPE_CHECKING:
@@ -104,13 +104,32 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="mesh file (.ply, .obj or .glb)")
     p.add_argument("--largest-component", action="store_true", help="keep only the largest connected piece")
     p.add_argument("--gt", type=Path, default=None, help="ground-truth mesh to score against (default: the scene's)")
+    p.add_argument("--color", choices=MESH_COLORS, default="none",
+                   help="none: vertex normals only; vertex: also vertex colours from "
+                        "the colour network, seen along the reversed normal; texture: a UV atlas (xatlas, "
+                        "recon[texture]) and a baked texture: OBJ + MTL + PNG, or a GLB with a material (default none)")
+    p.add_argument("--texture-size", type=int, default=DEFAULT_TEXTURE_SIZE, metavar="N",
+                   help=f"--color texture: about N x N texels (default {DEFAULT_TEXTURE_SIZE})")
+    p.add_argument("--psnr", action="store_true",
+                   help="ray cast the coloured mesh from the training cameras and print its PSNR / SSIM against "
+                        "the photographs (inside the masks), as held-out views are scored")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_extract)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="Chamfer, F-score and normal consistency of a mesh against ground truth")
-    p.add_argument("mesh", type=Path, help="predicted mesh (world units)")
-    p.add_argument("--gt", type=Path, required=True, help="ground-truth mesh")
+    p = sub.add_parser(
+        "eval", help="Chamfer, F-score and normal consistency of a mesh against ground truth, or DTU's official protocol",
+        description="Score a mesh against a ground-truth mesh (--gt), or with DTU's official evaluation (--dtu-scan N "
+                    "--dtu-dir DIR: accuracy, completeness and Chamfer in mm, in DTU's world frame, as DTU's MATLAB "
+                    "code and its Python port compute them; recon's meshes of DTU scenes are in that frame). DIR holds "
+                    "DTU's official files, ObsMask/ObsMask{N}_10.mat, ObsMask/Plane{N}.mat (the SampleSet download) "
+                    "and Points/stl/stl{NNN}_total.ply (the Points download): see data/README.md.")
+    p.add_argument("mesh", type=Path, help="predicted mesh (world units); with --dtu-scan also a PLY point cloud")
+    p.add_argument("--gt", type=Path, default=None, help="ground-truth mesh")
+    p.add_argument("--dtu-scan", type=int, default=None, metavar="N", help="DTU's official evaluation of scan N")
+    p.add_argument("--dtu-dir", type=Path, default=None, metavar="DIR",
+                   help="folder of DTU's official evaluation files (ObsMask/, Points/stl/; or SampleSet's 'MVS Data')")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     p.add_argument("--cull-to", type=Path, default=None, metavar="DATA_DIR",
                    help="count only surface that this scene's cameras see (inside the images and masks, not occluded)")
@@ -277,7 +296,8 @@ def _run_check(args: argparse.Namespace) -> None:
 def _run_extract(args: argparse.Namespace) -> None:
     from recon.extract import extract_run
 
-    result = extract_run(args.run_dir, args.output, args.resolution, args.largest_component, args.gt)
+    result = extract_run(args.run_dir, args.output, args.resolution, args.largest_component, args.gt,
+                         args.color, args.texture_size, args.psnr, progress=not args.quiet)
     print(result)
 
 
@@ -286,8 +306,29 @@ def _run_eval(args: argparse.Namespace) -> None:
     from recon.io import json_text
     from recon.metrics import DETAIL_RADIUS_REL
 
+    dtu = args.dtu_scan is not None or args.dtu_dir is not None
+    if dtu == (args.gt is not None):
+        raise InputError("--gt", "give a ground-truth mesh (--gt) or DTU's evaluation (--dtu-scan N --dtu-dir DIR), one of them")
+    if dtu:
+        _run_dtu_eval(args)
+        return
     radius = DETAIL_RADIUS_REL if args.detail_radius is None else args.detail_radius
     metrics = evaluate_files(args.mesh, args.gt, args.json, args.cull_to, radius, args.points)
+    print(json_text(metrics, indent=2))
+
+
+def _run_dtu_eval(args: argparse.Namespace) -> None:
+    from recon.dtu_eval import evaluate_dtu
+    from recon.io import check_output_file, json_text, write_json_atomic
+
+    if args.dtu_scan is None or args.dtu_dir is None:
+        raise InputError("--dtu-scan" if args.dtu_scan is None else "--dtu-dir",
+                         "DTU's evaluation needs both --dtu-scan and --dtu-dir")
+    if args.json is not None:
+        check_output_file(args.json)
+    metrics = evaluate_dtu(args.mesh, args.dtu_scan, args.dtu_dir)
+    if args.json is not None:
+        write_json_atomic(args.json, metrics)
     print(json_text(metrics, indent=2))
 
 

@@ -233,13 +233,14 @@ def _fit_and_measure(task: ArmTask, run: RunDir) -> dict[str, Any]:
 
 
 def _training_summary(run: RunDir) -> dict[str, Any]:
-    """Fit time and final training PSNR from the metrics log; held-out PSNR / mask IoU from holdout.json."""
+    """Fit time and final training PSNR from the metrics log; held-out PSNR / SSIM / mask IoU from holdout.json."""
     steps = run.training_log()
     out: dict[str, Any] = {"fit_seconds": steps[-1]["elapsed_s"] if steps else 0.0,
                            "train_psnr": steps[-1]["psnr"] if steps else None}
     holdout = run.holdout_summary()
     if holdout is not None:
         out["holdout_psnr"] = holdout.get("psnr")
+        out["holdout_ssim"] = holdout.get("ssim")
         out["holdout_mask_iou"] = holdout.get("mask_iou")
     return out
 
@@ -264,6 +265,8 @@ def one_line_result(result: dict[str, Any]) -> str:
              else f"ok, fit {result['fit_seconds']:.0f} s"]
     if result.get("holdout_psnr") is not None:
         parts.append(f"held-out PSNR {result['holdout_psnr']:.2f}")
+    if result.get("holdout_ssim") is not None:
+        parts.append(f"SSIM {result['holdout_ssim']:.3f}")
     if result["metrics"] is not None:
         parts.append(format_metrics(result["metrics"]))
     return ", ".join(parts)

@@ -22,6 +22,10 @@ from recon.errors import InputError
 
 ARMS = ("hashgrid", "densegrid", "mlp", "sdfgrid")
 """MonoSDF's four geometry arms (``geometry.arm``)."""
+MESH_COLORS = ("none", "vertex", "texture")
+"""What an exported mesh carries besides its normals (``recon extract --color``; ``recon.mesh_color``)."""
+DEFAULT_TEXTURE_SIZE = 2048
+"""Texels a side of a baked texture (``recon extract --texture-size``)."""
 
 
 @dataclass
@@ -213,6 +217,10 @@ class TrainConfig:
     """CPU threads for torch (0: torch's default)."""
     occupancy_every: int = 16
     """Steps between updates of the occupancy grid (render.occupancy_resolution)."""
+    tensorboard: Literal["auto", "on", "off"] = "auto"
+    """TensorBoard event files in RUN/tensorboard/ (every metrics.jsonl record as scalars, validation and
+    held-out renders as images): auto when the tensorboard package is installed (recon[tensorboard]),
+    on (an error without it), off."""
 
 
 @dataclass
@@ -413,6 +421,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     if origin is Literal:
         choices = typing.get_args(annotation)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML reads a bare on / off as a boolean
         if value not in choices:
             raise InputError(where, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
         return value

@@ -254,19 +254,28 @@ class ColorNetwork(nn.Module):
         normals: torch.Tensor,
         features: torch.Tensor,
         image_index: torch.Tensor | None = None,
+        appearance_code: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """All inputs (N, .) -> rgb (N, 3); ``image_index`` (N,) selects the appearance code."""
+        """All inputs (N, .) -> rgb (N, 3); ``image_index`` (N,) selects the appearance code, or
+        ``appearance_code`` (appearance_dim,) is the one code of every point (e.g. ``mean_appearance``)."""
         inputs = [x, positional_encoding(view_dirs, self.cfg.view_pe_frequencies), normals, features]
         if self.appearance is not None:
-            if image_index is None:
-                image_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-            inputs.append(self.appearance(image_index))
+            if appearance_code is not None:
+                inputs.append(appearance_code.to(x)[None].expand(x.shape[0], -1))
+            else:
+                if image_index is None:
+                    image_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+                inputs.append(self.appearance(image_index))
         h = torch.cat(inputs, dim=-1)
         for index, layer in enumerate(self.layers):
             h = layer(h)
             if index < len(self.layers) - 1:
                 h = torch.relu(h)
         return torch.sigmoid(h)
+
+    def mean_appearance(self) -> torch.Tensor | None:
+        """The mean of the training images' appearance codes (appearance_dim,); None without codes."""
+        return None if self.appearance is None else self.appearance.weight.detach().mean(dim=0)
 
 
 def make_geometry(

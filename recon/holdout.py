@@ -11,8 +11,10 @@ from tqdm import tqdm
 
 from recon.datasets.scene import Scene
 from recon.errors import InputError
+from recon.image_metrics import lpips_distance, ssim
 from recon.io import write_json_atomic
 from recon.losses import psnr
+from recon.monitor import NO_MONITOR, Monitor
 from recon.rays import RaySource
 from recon.render.image import RenderedImage, render_image
 from recon.run import Model, RunDir
@@ -41,12 +43,20 @@ def split_holdout(scene: Scene, every: int) -> tuple[Scene, Scene | None, list[i
 
 @dataclass
 class HoldoutScores:
-    """A held-out view's scores: PSNR (inside the mask when there is one); with masks, also the
-    whole image's PSNR (``psnr_full``) and the IoU of rendered opacity > 0.5 with the mask."""
+    """A view's scores against its photograph.
+
+    ``psnr`` and ``ssim``: inside the mask when there is one (SSIM: the mask's pixels of the SSIM
+    map, ``recon.image_metrics.ssim``), else over the whole image; with masks also ``psnr_full`` and
+    ``ssim_full`` over the whole image (outside the mask the photograph is the fit's background colour)
+    and the IoU of rendered opacity > 0.5 with the mask; ``lpips`` over the whole image, when LPIPS
+    and its weights are installed."""
 
     psnr: float
+    ssim: float | None = None
     psnr_full: float | None = None
+    ssim_full: float | None = None
     mask_iou: float | None = None
+    lpips: float | None = None
 
     def as_dict(self) -> dict[str, float]:
         """The scores that apply (no None values)."""
@@ -57,35 +67,53 @@ def holdout_scores(rendered: RenderedImage) -> HoldoutScores:
     """The scores of one rendered view against its photograph."""
     rgb, target = torch.from_numpy(rendered.rgb), torch.from_numpy(rendered.target)
     whole = float(psnr(rgb, target))
+    whole_ssim = ssim(rendered.rgb, rendered.target)
+    perceptual = lpips_distance(rendered.rgb, rendered.target)
     if rendered.mask is None:
-        return HoldoutScores(whole)
+        return HoldoutScores(whole, whole_ssim, lpips=perceptual)
     mask = torch.from_numpy(rendered.mask) > 0.5
     opaque = torch.from_numpy(rendered.opacity) > 0.5
     union = int((mask | opaque).sum())
     return HoldoutScores(
         psnr=float(psnr(rgb[mask], target[mask])) if bool(mask.any()) else whole,
+        ssim=ssim(rendered.rgb, rendered.target, mask.numpy()) if bool(mask.any()) else whole_ssim,
         psnr_full=whole,
+        ssim_full=whole_ssim,
         mask_iou=int((mask & opaque).sum()) / union if union > 0 else 1.0,
+        lpips=perceptual,
     )
 
 
+def mean_scores(scores: list[HoldoutScores]) -> dict[str, float]:
+    """The mean of each score over views (a score some view lacks is left out)."""
+    rows = [s.as_dict() for s in scores]
+    keys = [key for key in (rows[0] if rows else {}) if all(key in row for row in rows)]
+    return {key: float(np.mean([row[key] for row in rows])) for key in keys}
+
+
 def score_holdout(
-    model: Model, rays: RaySource, views: list[int], run: RunDir, step: int, progress: bool = False
+    model: Model, rays: RaySource, views: list[int], run: RunDir, step: int, progress: bool = False,
+    monitor: Monitor = NO_MONITOR,
 ) -> dict[str, Any]:
     """Render the held-out views (long side <= ``train.val_max_side``, ``train.holdout_supersample``^2
     rays per pixel, without appearance codes) to ``holdout/view_NNN.png``; write their scores and
-    means to ``holdout.json`` and the means to the metrics log; return the summary."""
+    means to ``holdout.json`` and the means to the metrics log (and to ``monitor``, with the
+    renders); return the summary."""
     cfg = model.cfg
-    scored = []
+    scores = []
     for i, view in enumerate(tqdm(views, desc="held-out views", disable=not progress, unit="view")):
         rendered = render_image(
             model.field, model.density, model.background, rays, i, cfg.render, cfg.train.val_max_side,
             appearance=False, supersample=cfg.train.holdout_supersample,
         )
-        save_validation_image(run.holdout_dir / f"view_{view:03d}.png", rendered)
-        scored.append({"view": view, **holdout_scores(rendered).as_dict()})
-    means = {key: float(np.mean([v[key] for v in scored])) for key in scored[0] if key != "view"}
+        strip = save_validation_image(run.holdout_dir / f"view_{view:03d}.png", rendered)
+        monitor.image(f"holdout/view_{view:03d}", strip, step)
+        scores.append(holdout_scores(rendered))
+    means = mean_scores(scores)
+    scored = [{"view": view, **s.as_dict()} for view, s in zip(views, scores)]
     summary: dict[str, Any] = {"step": step, "every": cfg.train.holdout, **means, "views": scored}
     write_json_atomic(run.holdout, summary)
-    run.append_metrics({"step": step, **{f"holdout_{key}": value for key, value in means.items()}})
+    record = {"step": step, **{f"holdout_{key}": value for key, value in means.items()}}
+    run.append_metrics(record)
+    monitor.scalars(record)
     return summary

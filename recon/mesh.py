@@ -46,6 +46,7 @@ An exact SDF needs only half a diagonal; the factor 4 over that tolerates fields
 that are up to ~4-Lipschitz (learned SDFs are not exactly distances)."""
 
 MESH_FORMATS = (".ply", ".obj", ".glb")
+TEXTURED_FORMATS = (".obj", ".glb")
 
 
 def empty_mesh() -> trimesh.Trimesh:
@@ -326,22 +327,56 @@ def _assemble(all_verts: list[np.ndarray], all_faces: list[np.ndarray], origin: 
     return mesh
 
 
-def check_mesh_path(path: str | Path) -> None:
-    """``InputError`` unless ``save_mesh`` can write ``path``: a known suffix, a writable place."""
+def check_mesh_path(path: str | Path, textured: bool = False) -> Path:
+    """``path`` as a mesh file name: .ply, .obj or .glb (.obj or .glb for a textured mesh), else ``InputError``."""
     path = Path(path)
-    if path.suffix.lower() not in MESH_FORMATS:
+    suffix = path.suffix.lower()
+    if suffix not in MESH_FORMATS:
         raise InputError(path, f"unknown mesh format {path.suffix!r} (use one of {', '.join(MESH_FORMATS)})")
+    if textured and suffix not in TEXTURED_FORMATS:
+        raise InputError(path, f"a textured mesh is written as {' or '.join(TEXTURED_FORMATS)}, not {suffix}")
     check_output_file(path)
+    return path
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
-    """Write ``mesh`` to ``path`` (.ply, .obj or .glb, chosen by suffix) atomically."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    check_mesh_path(path)
+    """Write ``mesh`` to ``path`` (.ply, .obj or .glb, chosen by suffix) atomically.
+
+    Vertex normals are written when the mesh holds them (set ``mesh.vertex_normals``), vertex
+    colours when it has them. A textured mesh (``TextureVisuals``) goes to .glb (one file, PBR
+    material) or .obj, whose ``STEM.mtl`` and ``STEM.png`` are written beside it first.
+    """
+    textured = isinstance(mesh.visual, trimesh.visual.TextureVisuals) and mesh.visual.uv is not None
+    path = check_mesh_path(path, textured)
+    if path.suffix.lower() == ".obj":
+        _save_obj(mesh, path, textured)
+        return path
     with atomic_path(path) as tmp:
-        mesh.export(tmp, file_type=suffix[1:])
+        mesh.export(tmp, file_type=path.suffix.lower()[1:])
     return path
+
+
+def _save_obj(mesh: trimesh.Trimesh, path: Path, textured: bool) -> None:
+    """OBJ (+ MTL + PNG): the texture's material is written with a white diffuse colour, so viewers
+    show the texture as it is."""
+    normals = "vertex_normals" in mesh._cache
+    if textured:
+        source = mesh.visual.material
+        image = source.baseColorTexture if hasattr(source, "baseColorTexture") else source.image
+        material = trimesh.visual.material.SimpleMaterial(
+            image=image, diffuse=[255, 255, 255, 255], ambient=[255, 255, 255, 255], specular=[0, 0, 0, 255], name=path.stem)
+        plain = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=False,
+                                visual=trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material))
+        if normals:
+            plain.vertex_normals = mesh.vertex_normals
+        mesh = plain
+    text, files = trimesh.exchange.obj.export_obj(
+        mesh, include_normals=normals, return_texture=True, mtl_name=f"{path.stem}.mtl")
+    for name, data in files.items():
+        with atomic_path(path.parent / name) as tmp:
+            tmp.write_bytes(data)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def load_mesh(path: str | Path) -> trimesh.Trimesh:

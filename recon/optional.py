@@ -26,6 +26,9 @@ class Optional:
 OPTIONAL: dict[str, Optional] = {
     "open3d": Optional("metrics", "open3d", "ray casting and nearest neighbours (synth, eval, compare, scoring a fit)"),
     "pycolmap": Optional("test", "pycolmap", "cross-checking recon's COLMAP reader in the tests"),
+    "xatlas": Optional("texture", "xatlas", "the UV atlas of a textured mesh (extract --color texture)"),
+    "torch.utils.tensorboard": Optional("tensorboard", "tensorboard", "writing TensorBoard event files (train.tensorboard=on)"),
+    "lpips": Optional("lpips", "lpips", "LPIPS of held-out views"),
 }
 
 

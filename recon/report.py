@@ -74,6 +74,8 @@ def _columns(settings: dict[str, Any], results: list[dict[str, Any]]) -> list[Co
         Column("holdout_psnr" if holdout else "train_psnr", "held-out PSNR" if holdout else "train PSNR",
                "{:.2f}", "high"),
     ]
+    if holdout and any(r.get("holdout_ssim") is not None for r in results):
+        cols.append(Column("holdout_ssim", "held-out SSIM", "{:.3f}", "high"))
     if holdout and any(r.get("holdout_mask_iou") is not None for r in results):
         cols.append(Column("holdout_mask_iou", "mask IoU", "{:.3f}", "high"))
     if has_gt:

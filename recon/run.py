@@ -10,6 +10,7 @@ Layout of a run ``RUN``::
     RUN/.recon.lock       while a process writes the run: its lock (``RunDir.writing``)
     RUN/val/              validation renders, step_XXXXXX.png
     RUN/holdout.json      held-out scores; RUN/holdout/view_NNN.png their renders
+    RUN/tensorboard/      TensorBoard event files (train.tensorboard; recon.monitor)
     RUN/mesh.ply          (comparison arms) the extracted mesh, in world units
     RUN/result.json       (comparison arms) the arm's measurements, written last
     RUN/error.txt         (comparison arms) the traceback of a failed arm
@@ -48,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = (
     "train.iters", "train.device", "train.threads", "train.log_every", "train.val_every", "train.ckpt_every",
-    "train.matmul_precision", "encoding.backend", "data.max_rays",
+    "train.matmul_precision", "train.tensorboard", "encoding.backend", "data.max_rays",
 )
 """Settings a resumed run may take from the new command: they change neither what is fitted nor how
 (the step count, where and how fast it runs, how often it reports). Any other change is refused."""
@@ -87,6 +88,7 @@ class RunDir:
     val_dir = _Entry("val")
     holdout = _Entry("holdout.json")
     holdout_dir = _Entry("holdout")
+    tensorboard = _Entry("tensorboard")
     mesh = _Entry("mesh.ply")
     result = _Entry("result.json")
     error = _Entry("error.txt")

@@ -24,6 +24,7 @@ from recon.datasets.scene import Scene
 from recon.errors import InputError, TrainingDiverged
 from recon.holdout import score_holdout, split_holdout
 from recon.io import check_output_dir
+from recon.monitor import open_monitor
 from recon.objective import Objective, StepLosses
 from recon.optim import lr_factor, make_optimizer, set_learning_rates
 from recon.rays import RaySource
@@ -93,6 +94,7 @@ class Fitter:
         self.first_loss: torch.Tensor | None = None
         """The loss of this process's first step (on the device), the reference of the divergence warning."""
         self.warned_divergence = False
+        self.monitor = open_monitor(self.run.tensorboard, cfg.train.tensorboard)
 
     @property
     def model(self) -> Model:
@@ -230,7 +232,8 @@ class Fitter:
         rendered = render_image(
             self.field, self.density, self.background, self.rays, index, self.cfg.render, self.cfg.train.val_max_side
         )
-        save_validation_image(self.run.val_dir / f"step_{self.step:06d}.png", rendered)
+        strip = save_validation_image(self.run.val_dir / f"step_{self.step:06d}.png", rendered)
+        self.monitor.image("val", strip, self.step)
         return rendered.psnr
 
     def log(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -256,6 +259,7 @@ class Fitter:
             self._diverged(f"{', '.join(bad)} became non-finite (NaN or inf) by step {self.step}")
         self.warn_if_diverging(record["loss"])
         self.run.append_metrics(record)
+        self.monitor.scalars(record)
         return losses
 
 
@@ -286,7 +290,10 @@ def fit(
         run.truncate_metrics(fitter.step)  # lines a killed process wrote after its last checkpoint
         run.write_config(cfg)
         run.write_meta(fitter.meta)
-        _loop(fitter, progress)
+        try:
+            _loop(fitter, progress)
+        finally:
+            fitter.monitor.close()  # what it kept, also when the fit stops early
     return run.root
 
 
@@ -314,5 +321,6 @@ def _loop(fitter: Fitter, progress: bool) -> None:
         fitter.check_state_finite()
         fitter.validate()
         if fitter.held_out is not None:
-            score_holdout(fitter.model, fitter.held_out, fitter.held_out_indices, fitter.run, fitter.step, progress)
+            score_holdout(fitter.model, fitter.held_out, fitter.held_out_indices, fitter.run, fitter.step, progress,
+                          fitter.monitor)
         fitter.save_checkpoint()

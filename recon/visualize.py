@@ -34,8 +34,9 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
 
-def save_validation_image(path: Path, rendered: RenderedImage) -> None:
-    """Write ``target | rgb | normal | depth`` side by side as one PNG, atomically."""
+def save_validation_image(path: Path, rendered: RenderedImage) -> np.ndarray:
+    """Write ``target | rgb | normal | depth`` side by side as one PNG, atomically; return the strip
+    (H, 4 W, 3) uint8."""
     strip = np.concatenate(
         [
             to_uint8(rendered.target),
@@ -47,3 +48,4 @@ def save_validation_image(path: Path, rendered: RenderedImage) -> None:
     )
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, strip)
+    return strip

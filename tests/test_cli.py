@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import FAST_FIT
@@ -117,3 +118,27 @@ def test_synth_writes_a_loadable_scene_and_refuses_to_overwrite(tmp_path: Path):
     assert scene.n_images == 4 and (scene.height, scene.width) == (24, 24) and scene.masks is not None
     assert scene.gt_mesh_path is not None and scene.masks.any()
     assert_clean_error(recon("synth", out, "--views", "4", "--size", "24"), str(out))
+
+
+def test_extract_with_colours_and_texture(fitted_run: Path, tmp_path: Path):
+    import re
+
+    import trimesh
+
+    coloured = tmp_path / "coloured.ply"
+    result = recon("extract", fitted_run, "--resolution", "32", "-o", coloured, "--color", "vertex", "--psnr", "--quiet")
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("coloured mesh on the 8 training views"))
+    assert 0 < float(re.search(r"psnr ([\d.]+)", line).group(1)) < 60 and "ssim" in line and "mask_iou" in line
+    mesh = trimesh.load(coloured, process=False)
+    assert "vertex_normals" in mesh._cache and mesh.visual.kind == "vertex"
+    assert len(np.unique(mesh.visual.vertex_colors[:, :3], axis=0)) > 1
+    textured = tmp_path / "textured.obj"
+    result = recon("extract", fitted_run, "--resolution", "24", "-o", textured, "--color", "texture",
+                   "--texture-size", "128", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "textured.mtl").is_file() and (tmp_path / "textured.png").is_file()
+    assert_clean_error(recon("extract", fitted_run, "-o", tmp_path / "t.ply", "--color", "texture"), "t.ply", ".obj or .glb")
+    assert_clean_error(recon("extract", fitted_run, "-o", tmp_path / "p.ply", "--psnr"), "--psnr", "--color")
+    assert not (tmp_path / "t.ply").exists() and not (tmp_path / "p.ply").exists()
+    assert "--color" in recon("extract", "--help").stdout

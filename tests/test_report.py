@@ -103,3 +103,15 @@ def test_screenshot_shows_table_and_images(report_dir: Path) -> None:
     # the renders: a band of the page holds the figures' colours, not only text on white
     colourful = (image.max(axis=2) - image.min(axis=2)) > 60
     assert colourful.mean() > 0.01
+
+
+def test_held_out_ssim_sits_beside_psnr() -> None:
+    settings = {"seeds": 1}
+    results = [{"arm": arm, "seed": 0, "n_params_encoding": 1, "n_params_total": 2, "fit_seconds": 3.0,
+                "holdout_psnr": psnr, "holdout_ssim": ssim, "metrics": None}
+               for arm, psnr, ssim in (("hashgrid", 25.5, 0.912), ("densegrid", 24.0, 0.934))]
+    headings, rows = table_rows(settings, results)
+    column = headings.index("held-out SSIM")
+    assert headings[column - 1] == "held-out PSNR"
+    cells = {row[0][0]: row[column] for row in rows}
+    assert cells["hashgrid"] == ("0.912", False) and cells["densegrid"] == ("0.934", True)

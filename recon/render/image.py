@@ -1,8 +1,10 @@
-"""Volume rendering of whole views: a view at 1/k resolution beside its photograph."""
+"""Whole views at 1/k resolution beside their photographs: volume rendered (``render_image``), or made by
+any per-ray renderer (``render_view``; the coloured mesh's ray caster, ``recon.mesh_views``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,24 +42,42 @@ def render_downscale(height: int, width: int, max_side: int) -> int:
     return max(1, math.ceil(max(height, width) / max_side))
 
 
+BatchRenderer = Callable[[RayBatch, torch.Tensor], dict[str, torch.Tensor]]
+"""(an image's rays, its world-to-camera rotation (3, 3)) -> per ray ``rgb`` (R, 3), ``normal`` (R, 3) in camera
+space, ``opacity`` (R,) and ``weighted_depth`` (R,) (z-depth x opacity)."""
+
+
 @torch.no_grad()
 def render_image(
     field: NeuralSDF, density: Density, background: Background, rays: RaySource, index: int,
     cfg: RenderConfig, max_side: int, *, chunk: int = 4096, appearance: bool = True, supersample: int = 1,
 ) -> RenderedImage:
-    """Render image ``index`` of ``rays`` at 1/k resolution (long side <= ``max_side``), each pixel
-    against its k x k block's mean colour (outside the mask: the background's matte colour).
+    """Volume-render image ``index`` of ``rays`` as ``render_view`` lays it out (1/k resolution, long
+    side <= ``max_side``, ``supersample``^2 rays per pixel). ``appearance=False`` renders without the
+    view's appearance code (a view not trained on)."""
+
+    def render_batch(image: RayBatch, world_to_cam: torch.Tensor) -> dict[str, torch.Tensor]:
+        return _render_batch(field, density, background, image, world_to_cam, cfg, chunk, appearance)
+
+    return render_view(render_batch, rays, index, max_side, background.matte(), supersample)
+
+
+def render_view(
+    render_batch: BatchRenderer, rays: RaySource, index: int, max_side: int, matte: torch.Tensor | None,
+    supersample: int = 1,
+) -> RenderedImage:
+    """Image ``index`` of ``rays`` at 1/k resolution (long side <= ``max_side``), each pixel against its
+    k x k block's mean colour (outside the mask: ``matte``, the colour a render shows behind the scene).
 
     Each pixel is the mean of ``supersample`` x ``supersample`` rays spread evenly over its block (1:
-    one ray through the centre), so a pixel integrates its footprint as the block mean does.
-    ``appearance=False`` renders without the view's appearance code (a view not trained on)."""
+    one ray through the centre), so a pixel integrates its footprint as the block mean does."""
     step = render_downscale(rays.height, rays.width, max_side)
     world_to_cam = rays.cam_to_world[index, :3, :3].T
     fractions = [(i + 0.5) / supersample for i in range(supersample)]
     sums: dict[str, torch.Tensor] = {}
     for at in ((col, row) for row in fractions for col in fractions):
-        image, h, w = rays.image_batch(index, step, background.matte(), at)
-        rendered = _render_batch(field, density, background, image, world_to_cam, cfg, chunk, appearance)
+        image, h, w = rays.image_batch(index, step, matte, at)
+        rendered = render_batch(image, world_to_cam)
         for key, value in rendered.items():
             sums[key] = sums[key] + value if key in sums else value
     mean = {key: value / supersample**2 for key, value in sums.items()}
