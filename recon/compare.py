@@ -242,6 +242,7 @@ def _training_summary(run: RunDir) -> dict[str, Any]:
         out["holdout_psnr"] = holdout.get("psnr")
         out["holdout_ssim"] = holdout.get("ssim")
         out["holdout_mask_iou"] = holdout.get("mask_iou")
+        out["holdout_seconds"] = holdout.get("seconds")
     return out
 
 

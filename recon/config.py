@@ -209,7 +209,7 @@ class TrainConfig:
     val_max_side: int = 160
     """Validation and held-out renders are made at 1/k resolution (one ray per k x k block of pixels,
     against the block's mean colour), k the smallest that brings the long side to at most this."""
-    holdout_supersample: int = 3
+    holdout_supersample: int = 2
     """Held-out scores: each pixel is the mean of this many x this many rays spread over its k x k block
     (val_max_side), so it integrates its footprint as the block's mean colour does (1: one ray through
     the centre, which aliases fine texture: -0.65 dB on dtu_scan24_neus, docs/DECISIONS.md)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,20 +99,24 @@ def score_holdout(
     """Render the held-out views (long side <= ``train.val_max_side``, ``train.holdout_supersample``^2
     rays per pixel, without appearance codes) to ``holdout/view_NNN.png``; write their scores and
     means to ``holdout.json`` and the means to the metrics log (and to ``monitor``, with the
-    renders); return the summary."""
+    renders); return the summary. The empty space is skipped with the model's occupancy grid
+    (``Model.occupancy_grid``; benchmarks/bench_scoring.py measures what that changes)."""
     cfg = model.cfg
+    start = time.perf_counter()
+    occupancy = model.occupancy_grid()
     scores = []
     for i, view in enumerate(tqdm(views, desc="held-out views", disable=not progress, unit="view")):
         rendered = render_image(
             model.field, model.density, model.background, rays, i, cfg.render, cfg.train.val_max_side,
-            appearance=False, supersample=cfg.train.holdout_supersample,
+            appearance=False, supersample=cfg.train.holdout_supersample, occupancy=occupancy,
         )
         strip = save_validation_image(run.holdout_dir / f"view_{view:03d}.png", rendered)
         monitor.image(f"holdout/view_{view:03d}", strip, step)
         scores.append(holdout_scores(rendered))
     means = mean_scores(scores)
     scored = [{"view": view, **s.as_dict()} for view, s in zip(views, scores)]
-    summary: dict[str, Any] = {"step": step, "every": cfg.train.holdout, **means, "views": scored}
+    summary: dict[str, Any] = {"step": step, "every": cfg.train.holdout, **means,
+                               "seconds": round(time.perf_counter() - start, 3), "views": scored}
     write_json_atomic(run.holdout, summary)
     record = {"step": step, **{f"holdout_{key}": value for key, value in means.items()}}
     run.append_metrics(record)

@@ -44,6 +44,7 @@ from recon.fields import NeuralSDF
 from recon.io import atomic_path, folder_lock, json_text, remove_temp_files, write_json_atomic, write_text_atomic
 from recon.render.background import Background, background_from_description
 from recon.render.density import Density, make_density
+from recon.render.occupancy import OccupancyGrid, make_occupancy_grid
 
 logger = logging.getLogger(__name__)
 
@@ -312,6 +313,15 @@ class Model:
     cfg: Config
     scale_mat: np.ndarray
     meta: dict[str, Any]
+
+    def occupancy_grid(self) -> OccupancyGrid | None:
+        """The config's occupancy grid (``render.occupancy_resolution``; None when 0), marked from this
+        model's SDF and density as they are now: whole views skip the empty space with it."""
+        device = next(self.field.parameters()).device
+        grid = make_occupancy_grid(self.cfg.render, device)
+        if grid is not None:
+            grid.update(self.field.sdf, float(self.density.current_beta().detach()))
+        return grid
 
 
 def load_model(run_dir: str | Path, device: torch.device | None = None) -> Model:

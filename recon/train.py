@@ -230,7 +230,8 @@ class Fitter:
         self.check_finite()
         index = (self.step // max(self.cfg.train.val_every, 1)) % self.scene.n_images
         rendered = render_image(
-            self.field, self.density, self.background, self.rays, index, self.cfg.render, self.cfg.train.val_max_side
+            self.field, self.density, self.background, self.rays, index, self.cfg.render, self.cfg.train.val_max_side,
+            occupancy=self.occupancy,
         )
         strip = save_validation_image(self.run.val_dir / f"step_{self.step:06d}.png", rendered)
         self.monitor.image("val", strip, self.step)

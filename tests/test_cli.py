@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -12,12 +14,22 @@ import numpy as np
 import pytest
 
 from conftest import FAST_FIT
+from recon.cli import main
 
 
-def recon(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "recon.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+def recon(*args: str | Path, process: bool = False) -> subprocess.CompletedProcess:
+    """``recon ARGS``: in this process (its stdout, stderr and exit code), or with ``process`` in a
+    new one, exactly as a user runs it."""
+    argv = [str(a) for a in args]
+    if process:
+        return subprocess.run([sys.executable, "-m", "recon.cli", *argv], capture_output=True, text=True, timeout=600)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's own errors and --help
+            code = int(exit_.code or 0)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -31,7 +43,8 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
 @pytest.fixture(scope="module")
 def fitted_run(tiny_scene_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "run"
-    result = recon("fit", tiny_scene_dir, "--arm", "hashgrid", "--out", run, "--iters", "6", "--quiet", *FAST_FIT)
+    result = recon("fit", tiny_scene_dir, "--arm", "hashgrid", "--out", run, "--iters", "6", "--quiet", *FAST_FIT,
+                   process=True)
     assert result.returncode == 0, result.stderr
     return run
 
@@ -62,7 +75,7 @@ def test_resume_refuses_another_encoding(fitted_run: Path, tiny_scene_dir: Path)
 
 def test_extract_and_eval(fitted_run: Path, tiny_scene_dir: Path, tmp_path: Path):
     mesh = tmp_path / "mesh.ply"
-    result = recon("extract", fitted_run, "--resolution", "48", "-o", mesh)
+    result = recon("extract", fitted_run, "--resolution", "48", "-o", mesh, process=True)
     assert result.returncode == 0, result.stderr
     assert mesh.is_file() and "Chamfer" in result.stdout
     obj = tmp_path / "mesh.obj"
@@ -81,7 +94,7 @@ def test_help_lists_every_command():
 
 
 def test_missing_data_folder(tmp_path: Path):
-    result = recon("fit", tmp_path / "nope", "--out", tmp_path / "run", "--iters", "1")
+    result = recon("fit", tmp_path / "nope", "--out", tmp_path / "run", "--iters", "1", process=True)
     assert_clean_error(result, "nope")
     assert not (tmp_path / "run").exists()
 

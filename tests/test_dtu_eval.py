@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -196,20 +194,27 @@ def test_mesh_and_point_cloud_files(tmp_path: Path):
         evaluate_dtu(far, SCAN, root)
 
 
-def test_cli_dtu_eval(tmp_path: Path):
+def test_cli_dtu_eval(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from recon.cli import main
+
     root = write_dtu_files(tmp_path / "dtu", reference(plane_points()))
     mesh_path = tmp_path / "pred.obj"
     square(2.0).export(mesh_path)
 
-    def recon(*args) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "recon.cli", *map(str, args)], capture_output=True, text=True)
+    def recon(*args) -> tuple[int, str, str]:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's own errors and --help
+            code = int(exit_.code or 0)
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
-    done = recon("eval", mesh_path, "--dtu-scan", SCAN, "--dtu-dir", root, "--json", tmp_path / "dtu.json")
-    assert done.returncode == 0, done.stderr
-    printed = json.loads(done.stdout)
+    code, out, err = recon("eval", mesh_path, "--dtu-scan", SCAN, "--dtu-dir", root, "--json", tmp_path / "dtu.json")
+    assert code == 0, err
+    printed = json.loads(out)
     assert printed["chamfer_mm"] == pytest.approx(2.0, abs=0.02)
     assert json.loads((tmp_path / "dtu.json").read_text()) == printed
     for args in ([], ["--gt", mesh_path, "--dtu-scan", SCAN, "--dtu-dir", root], ["--dtu-scan", SCAN]):
-        bad = recon("eval", mesh_path, *args)
-        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    assert "DTU" in recon("eval", "--help").stdout
+        code, _, err = recon("eval", mesh_path, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "DTU" in recon("eval", "--help")[1]

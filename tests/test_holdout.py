@@ -19,6 +19,7 @@ from recon.holdout import holdout_scores, split_holdout
 from recon.rays import RaySource, pixel_rays_unit_length
 from recon.render.background import ConstantBackground
 from recon.render.image import RenderedImage, render_image
+from recon.render.occupancy import OccupancyGrid
 from recon.render.renderer import render_rays
 from recon.run import build_model
 
@@ -100,6 +101,36 @@ def test_supersampled_pixel_is_the_mean_of_rays_spread_over_its_block(tiny_scene
     colour = background.matte()
     composited = torch.where(rays.masks[3, 16:20, 12:16, None], rays.images[3, 16:20, 12:16].float() / 255.0, colour)
     np.testing.assert_allclose(rendered.target[row, col], composited.mean((0, 1)).numpy(), atol=1e-6)
+
+
+def test_whole_views_skip_what_the_occupancy_grid_marks_empty(tiny_scene_dir: Path):
+    """A grid with every cell occupied renders what no grid renders; cells marked empty hold no
+    density (a view through an empty grid is the background); ``Model.occupancy_grid`` marks its
+    cells from the model's SDF (the initial SDF is a sphere of radius 0.5: its centre is empty)."""
+    cfg = Config()
+    cfg.train.val_max_side = 8
+    torch.manual_seed(0)
+    field, density = build_model(cfg, 8, torch.device("cpu"))
+    rays = RaySource(load_scene(tiny_scene_dir), torch.device("cpu"))
+    background = ConstantBackground([1.0, 1.0, 1.0])
+
+    def render(grid: OccupancyGrid | None) -> RenderedImage:
+        return render_image(field, density, background, rays, 3, cfg.render, 8, occupancy=grid)
+
+    plain = render(None)
+    grid = OccupancyGrid(16, cfg.render.scene_radius)
+    everywhere = render(grid)
+    assert everywhere.opacity.max() > 0.5
+    np.testing.assert_allclose(everywhere.opacity, plain.opacity, atol=0.02)
+    np.testing.assert_allclose(everywhere.rgb, plain.rgb, atol=0.02)
+    grid.occupied[:] = False
+    nothing = render(grid)
+    assert nothing.opacity.max() == 0.0 and np.allclose(nothing.rgb, 1.0)
+    from recon.run import Model
+
+    marked = Model(field, density, background, cfg, np.eye(4), {}).occupancy_grid()
+    assert marked is not None and 0.0 < marked.occupied_fraction() < 0.5
+    assert not marked.occupied[marked.resolution // 2, marked.resolution // 2, marked.resolution // 2]
 
 
 def test_a_format_split_trains_on_train_and_holds_out_val(tiny_scene_dir: Path):

@@ -16,7 +16,11 @@ from recon.losses import psnr
 from recon.rays import RayBatch, RaySource
 from recon.render.background import Background
 from recon.render.density import Density
+from recon.render.occupancy import OccupancyGrid
 from recon.render.renderer import render_rays
+
+SCORING_CHUNK = 4096
+"""Rays per ``render_rays`` call when rendering whole views (benchmarks/bench_scoring.py)."""
 
 
 @dataclass
@@ -50,14 +54,16 @@ space, ``opacity`` (R,) and ``weighted_depth`` (R,) (z-depth x opacity)."""
 @torch.no_grad()
 def render_image(
     field: NeuralSDF, density: Density, background: Background, rays: RaySource, index: int,
-    cfg: RenderConfig, max_side: int, *, chunk: int = 4096, appearance: bool = True, supersample: int = 1,
+    cfg: RenderConfig, max_side: int, *, chunk: int = SCORING_CHUNK, appearance: bool = True, supersample: int = 1,
+    occupancy: OccupancyGrid | None = None,
 ) -> RenderedImage:
     """Volume-render image ``index`` of ``rays`` as ``render_view`` lays it out (1/k resolution, long
     side <= ``max_side``, ``supersample``^2 rays per pixel). ``appearance=False`` renders without the
-    view's appearance code (a view not trained on)."""
+    view's appearance code (a view not trained on). With an ``occupancy`` grid the samples go only to
+    its occupied cells, and rays that cross none show the background without evaluating the field."""
 
     def render_batch(image: RayBatch, world_to_cam: torch.Tensor) -> dict[str, torch.Tensor]:
-        return _render_batch(field, density, background, image, world_to_cam, cfg, chunk, appearance)
+        return _render_batch(field, density, background, image, world_to_cam, cfg, chunk, appearance, occupancy)
 
     return render_view(render_batch, rays, index, max_side, background.matte(), supersample)
 
@@ -96,7 +102,7 @@ def render_view(
 
 def _render_batch(
     field: NeuralSDF, density: Density, background: Background, image: RayBatch, world_to_cam: torch.Tensor,
-    cfg: RenderConfig, chunk: int, appearance: bool,
+    cfg: RenderConfig, chunk: int, appearance: bool, occupancy: OccupancyGrid | None,
 ) -> dict[str, torch.Tensor]:
     """Render one image's rays in chunks: rgb, normal (camera space), opacity, and z-depth x opacity."""
     parts: dict[str, list[torch.Tensor]] = {"rgb": [], "normal": [], "weighted_depth": [], "opacity": []}
@@ -104,7 +110,7 @@ def _render_batch(
         sl = slice(start, start + chunk)
         out = render_rays(
             field, density, image.origins[sl], image.dirs[sl], cfg, background, False,
-            image.image_index[sl] if appearance else None,
+            image.image_index[sl] if appearance else None, occupancy=occupancy,
         )
         parts["rgb"].append(out.rgb)
         parts["normal"].append(out.normal @ world_to_cam.T)
