@@ -106,9 +106,11 @@ def test_supersampled_pixel_is_the_mean_of_rays_spread_over_its_block(tiny_scene
 def test_whole_views_skip_what_the_occupancy_grid_marks_empty(tiny_scene_dir: Path):
     """A grid with every cell occupied renders what no grid renders; cells marked empty hold no
     density (a view through an empty grid is the background); ``Model.occupancy_grid`` marks its
-    cells from the model's SDF (the initial SDF is a sphere of radius 0.5: its centre is empty)."""
+    cells from the model's SDF (the initial SDF is a sphere: with a small beta only a shell around it
+    is occupied, its centre is empty)."""
     cfg = Config()
     cfg.train.val_max_side = 8
+    cfg.render.beta_init = 0.01
     torch.manual_seed(0)
     field, density = build_model(cfg, 8, torch.device("cpu"))
     rays = RaySource(load_scene(tiny_scene_dir), torch.device("cpu"))
