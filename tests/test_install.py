@@ -58,7 +58,7 @@ def test_require_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     assert require("numpy").__name__ == "numpy"
 
 
-def test_cli_without_open3d_gives_one_line_and_exit_code_3(tmp_path: Path) -> None:
+def test_cli_without_open3d_gives_one_line_and_exit_code_4(tmp_path: Path) -> None:
     mesh = tmp_path / "m.ply"
     import trimesh
 
