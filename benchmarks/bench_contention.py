@@ -11,15 +11,18 @@ and two fits together should do at least the work of one.
 
 Two variants run one after the other in every scenario, so that load drifts on a shared machine
 touch both alike: ``recon`` (the command as shipped: recon sets ``OMP_WAIT_POLICY=PASSIVE``
-before torch loads, ``recon/__init__.py``) and ``torch-first`` (torch imported before recon, so
-libgomp keeps its default wait policy: what recon did before). Each variant's ratios are to its
-own alone rate.
+before torch loads, ``recon/__init__.py``, so threads sleep at once at every barrier) and
+``torch-first`` (torch imported before recon, so libgomp keeps its default policy: spin, then
+sleep). ``spin10k`` is ``torch-first`` with ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep), ``active``
+the shipped command with ``OMP_WAIT_POLICY=ACTIVE``. Each variant's ratios
+are to its own alone rate. The scene is made in a subprocess, so that this process never imports
+recon and its fits inherit no policy from it.
 
 Run on a quiet machine (the alone rate must be alone):
     .venv/bin/python benchmarks/bench_contention.py [--scene DIR] [--window 100 250] [--repeats 1]
-        [--variants recon,torch-first] [--env NAME=VALUE ...] [--scenarios alone,busy1,busy3,pair]
+        [--variants recon,torch-first,spin10k,active] [--env NAME=VALUE ...] [--scenarios alone,busy1,busy3,torch2,pair]
         [section.key=value ...]
-``--env`` sets variables for the fits only (e.g. OMP_WAIT_POLICY=active).
+``--env`` sets variables for the fits of every variant (e.g. GOMP_SPINCOUNT=10000).
 """
 
 from __future__ import annotations
@@ -40,11 +43,17 @@ TORCH_LOOP = ("import time, torch\ntorch.set_num_threads(2)\na = torch.randn(192
               "end = time.time() + {seconds}\nwhile time.time() < end:\n    a = torch.tanh(a @ a * 0.01)\n")
 """A competitor as other people's PyTorch jobs are: small multi-threaded ops, torch's default OpenMP policy."""
 SCENARIOS = ("alone", "busy1", "busy3", "torch2", "pair")
+TORCH_FIRST = ["-c", "import sys, torch; from recon.cli import main; sys.exit(main(sys.argv[1:]))"]
 VARIANTS = {
-    "recon": ["-m", "recon.cli"],
-    "torch-first": ["-c", "import sys, torch; from recon.cli import main; sys.exit(main(sys.argv[1:]))"],
+    "recon": (["-m", "recon.cli"], {}),
+    "torch-first": (TORCH_FIRST, {}),
+    "spin10k": (TORCH_FIRST, {"GOMP_SPINCOUNT": "10000"}),
+    "active": (["-m", "recon.cli"], {"OMP_WAIT_POLICY": "ACTIVE"}),
 }
-"""How each variant starts ``recon``: as shipped, or with torch (and its libgomp) loaded first."""
+"""How each variant starts ``recon fit``, and what it adds to the environment: as shipped (recon sets
+``OMP_WAIT_POLICY=PASSIVE`` before torch loads); torch imported first, so that libgomp keeps its
+default policy (spin 300000 rounds, then sleep); the default policy with a short spin (10000 rounds);
+threads that never sleep (a user's choice for one fit on a machine of its own)."""
 
 
 @dataclass
@@ -55,10 +64,11 @@ class Fit:
 
 def start_fit(variant: str, scene: Path, run: Path, iters: int, overrides: list[str], env: dict[str, str]) -> Fit:
     """A ``recon fit`` of ``iters`` steps in a subprocess, logging every 10 steps."""
-    command = [sys.executable, *VARIANTS[variant], "fit", str(scene), "--out", str(run), "--iters", str(iters),
+    prefix, variant_env = VARIANTS[variant]
+    command = [sys.executable, *prefix, "fit", str(scene), "--out", str(run), "--iters", str(iters),
                "--quiet", "train.log_every=10", "train.val_every=0", f"train.ckpt_every={iters}", *overrides]
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **variant_env, **env},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return Fit(process, run)
 
 
@@ -101,7 +111,7 @@ def main() -> None:
     parser.add_argument("--scene", type=Path, default=None, help="scene folder (default: synthesise the default scene)")
     parser.add_argument("--window", type=int, nargs=2, default=(100, 250), help="steps to time (multiples of 10)")
     parser.add_argument("--repeats", type=int, default=1, help="repeat every scenario, report the median")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="recon,torch-first", help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment of the fits")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
     parser.add_argument("overrides", nargs="*", help="config overrides for every fit (section.key=value)")
@@ -130,10 +140,10 @@ def main() -> None:
 
 
 def synthesise_default(out: Path) -> Path:
-    sys.path.insert(0, str(REPO))
-    from recon.datasets import synthesize
-
-    synthesize(out)
+    """The default scene, made in a subprocess: importing recon here would hand the fits this
+    process's environment as recon leaves it, not the variant's."""
+    subprocess.run([sys.executable, "-m", "recon.cli", "synth", str(out)], cwd=REPO, check=True,
+                   stdout=subprocess.DEVNULL)
     return out
 
 

@@ -14,7 +14,9 @@ each variant, one after another in this process:
 - ``occupancy``: the model's occupancy grid (``Model.occupancy_grid``): rays that cross no occupied
   cell are not rendered, samples go only to occupied cells (recon's scoring now);
 - ``occupancy+chunkN``: the same with N rays per render call instead of ``SCORING_CHUNK``;
-- ``occupancy+ssS``: the same with S x S rays per pixel.
+- ``occupancy+ssS``: the same with S x S rays per pixel;
+- ``...+evalN``, ``...+impN``, ``...+extraN``: the same with ``render.n_eval``, ``n_importance`` or
+  ``n_extra`` set to N (the samples per ray; the run's values otherwise).
 
 The table gives each variant's seconds for the views, seconds over the run's fit time
 (``elapsed_s`` of its last log line; the quick preset's target is <= 0.25 for all held-out views),
@@ -25,6 +27,7 @@ difference from the first variant.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -51,31 +54,39 @@ def held_out_rays(model: Model) -> RaySource:
     return RaySource(held_out, device, data.max_rays)
 
 
-def parse_variant(name: str, default_supersample: int) -> tuple[bool, int, int]:
-    """``full`` / ``occupancy[+chunkN][+ssS]`` -> (use the grid, chunk, supersample)."""
+SAMPLE_COUNTS = {"eval": "n_eval", "imp": "n_importance", "extra": "n_extra"}
+
+
+def parse_variant(name: str, default_supersample: int) -> tuple[bool, int, int, dict[str, int]]:
+    """``full`` / ``occupancy[+chunkN][+ssS][+evalN][+impN][+extraN]`` -> (use the grid, chunk,
+    supersample, render sample counts to change)."""
     parts = name.split("+")
     if parts[0] not in ("full", "occupancy"):
         raise SystemExit(f"unknown variant {name!r}")
-    chunk, supersample = SCORING_CHUNK, default_supersample
+    chunk, supersample, counts = SCORING_CHUNK, default_supersample, {}
     for part in parts[1:]:
-        if part.startswith("chunk"):
-            chunk = int(part[len("chunk"):])
-        elif part.startswith("ss"):
-            supersample = int(part[len("ss"):])
+        prefix = part.rstrip("0123456789")
+        if prefix == "chunk":
+            chunk = int(part[len(prefix):])
+        elif prefix == "ss":
+            supersample = int(part[len(prefix):])
+        elif prefix in SAMPLE_COUNTS:
+            counts[SAMPLE_COUNTS[prefix]] = int(part[len(prefix):])
         else:
             raise SystemExit(f"unknown variant part {part!r} in {name!r}")
-    return parts[0] == "occupancy", chunk, supersample
+    return parts[0] == "occupancy", chunk, supersample, counts
 
 
 def score_variant(model: Model, rays: RaySource, views: int, variant: str) -> tuple[float, list[HoldoutScores]]:
     """Seconds to render (and mark the grid, when used) the first ``views`` held-out views; their scores."""
-    use_grid, chunk, supersample = parse_variant(variant, model.cfg.train.holdout_supersample)
+    use_grid, chunk, supersample, counts = parse_variant(variant, model.cfg.train.holdout_supersample)
     cfg = model.cfg
+    render_cfg = dataclasses.replace(cfg.render, **counts)
     start = time.perf_counter()
     occupancy = model.occupancy_grid() if use_grid else None
     scores = []
     for index in range(views):
-        rendered = render_image(model.field, model.density, model.background, rays, index, cfg.render,
+        rendered = render_image(model.field, model.density, model.background, rays, index, render_cfg,
                                 cfg.train.val_max_side, chunk=chunk, appearance=False, supersample=supersample,
                                 occupancy=occupancy)
         scores.append(holdout_scores(rendered))
