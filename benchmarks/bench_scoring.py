@@ -12,11 +12,13 @@ each variant, one after another in this process:
 - ``full``: every ray that meets the scene sphere, samples spread over its whole length (recon's
   scoring before the occupancy grid was used there);
 - ``occupancy``: the model's occupancy grid (``Model.occupancy_grid``): rays that cross no occupied
-  cell are not rendered, samples go only to occupied cells (recon's scoring now);
+  cell are not rendered, samples go only to occupied cells;
 - ``occupancy+chunkN``: the same with N rays per render call instead of ``SCORING_CHUNK``;
 - ``occupancy+ssS``: the same with S x S rays per pixel;
 - ``...+evalN``, ``...+impN``, ``...+extraN``: the same with ``render.n_eval``, ``n_importance`` or
-  ``n_extra`` set to N (the samples per ray; the run's values otherwise).
+  ``n_extra`` set to N (the samples per ray; the run's values otherwise);
+- ``occupancy+scoring``: the sample counts ``recon.holdout.score_holdout`` uses
+  (``SCORING_SAMPLES`` of the run's): recon's scoring now.
 
 The table gives each variant's seconds for the views, seconds over the run's fit time
 (``elapsed_s`` of its last log line; the quick preset's target is <= 0.25 for all held-out views),
@@ -37,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from recon.datasets import load_data  # noqa: E402
-from recon.holdout import HoldoutScores, holdout_scores, split_holdout  # noqa: E402
+from recon.holdout import HoldoutScores, holdout_scores, scoring_render_config, split_holdout  # noqa: E402
 from recon.rays import RaySource  # noqa: E402
 from recon.render.image import SCORING_CHUNK, render_image  # noqa: E402
 from recon.run import Model, RunDir, load_model  # noqa: E402
@@ -70,6 +72,8 @@ def parse_variant(name: str, default_supersample: int) -> tuple[bool, int, int, 
             chunk = int(part[len(prefix):])
         elif prefix == "ss":
             supersample = int(part[len(prefix):])
+        elif part == "scoring":
+            counts["scoring"] = 1
         elif prefix in SAMPLE_COUNTS:
             counts[SAMPLE_COUNTS[prefix]] = int(part[len(prefix):])
         else:
@@ -81,7 +85,8 @@ def score_variant(model: Model, rays: RaySource, views: int, variant: str) -> tu
     """Seconds to render (and mark the grid, when used) the first ``views`` held-out views; their scores."""
     use_grid, chunk, supersample, counts = parse_variant(variant, model.cfg.train.holdout_supersample)
     cfg = model.cfg
-    render_cfg = dataclasses.replace(cfg.render, **counts)
+    scoring = counts.pop("scoring", 0)
+    render_cfg = dataclasses.replace(scoring_render_config(cfg.render) if scoring else cfg.render, **counts)
     start = time.perf_counter()
     occupancy = model.occupancy_grid() if use_grid else None
     scores = []

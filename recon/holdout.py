@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from recon.config import RenderConfig
 from recon.datasets.scene import Scene
 from recon.errors import InputError
 from recon.image_metrics import lpips_distance, ssim
@@ -20,6 +22,21 @@ from recon.rays import RaySource
 from recon.render.image import RenderedImage, render_image
 from recon.run import Model, RunDir
 from recon.visualize import save_validation_image
+
+
+SCORING_SAMPLES = 0.5
+"""Held-out views are rendered with this fraction of the fit's samples per ray (``render.n_eval``,
+``n_importance``, ``n_extra``): on a converged SDF the occupancy grid and the surface window
+place them well enough (benchmarks/bench_scoring.py; docs/DECISIONS.md, "Held-out scoring")."""
+
+
+def scoring_render_config(render: RenderConfig) -> RenderConfig:
+    """``render`` with ``SCORING_SAMPLES`` of its sample counts (at least what the samplers need)."""
+    def part(count: int, least: int) -> int:
+        return max(least, math.ceil(count * SCORING_SAMPLES)) if count else 0
+
+    return replace(render, n_eval=part(render.n_eval, 3), n_importance=part(render.n_importance, 1),
+                   n_extra=part(render.n_extra, 0))
 
 
 def split_holdout(scene: Scene, every: int) -> tuple[Scene, Scene | None, list[int]]:
@@ -100,14 +117,16 @@ def score_holdout(
     rays per pixel, without appearance codes) to ``holdout/view_NNN.png``; write their scores and
     means to ``holdout.json`` and the means to the metrics log (and to ``monitor``, with the
     renders); return the summary. The empty space is skipped with the model's occupancy grid
-    (``Model.occupancy_grid``; benchmarks/bench_scoring.py measures what that changes)."""
+    (``Model.occupancy_grid``), with ``SCORING_SAMPLES`` of the fit's samples per ray
+    (benchmarks/bench_scoring.py measures what both change)."""
     cfg = model.cfg
+    render_cfg = scoring_render_config(cfg.render)
     start = time.perf_counter()
     occupancy = model.occupancy_grid()
     scores = []
     for i, view in enumerate(tqdm(views, desc="held-out views", disable=not progress, unit="view")):
         rendered = render_image(
-            model.field, model.density, model.background, rays, i, cfg.render, cfg.train.val_max_side,
+            model.field, model.density, model.background, rays, i, render_cfg, cfg.train.val_max_side,
             appearance=False, supersample=cfg.train.holdout_supersample, occupancy=occupancy,
         )
         strip = save_validation_image(run.holdout_dir / f"view_{view:03d}.png", rendered)

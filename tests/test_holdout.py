@@ -12,10 +12,10 @@ import torch
 
 from conftest import FAST_FIT
 from recon.cli import main
-from recon.config import Config
+from recon.config import Config, RenderConfig
 from recon.datasets import load_scene
 from recon.errors import InputError
-from recon.holdout import holdout_scores, split_holdout
+from recon.holdout import holdout_scores, scoring_render_config, split_holdout
 from recon.rays import RaySource, pixel_rays_unit_length
 from recon.render.background import ConstantBackground
 from recon.render.image import RenderedImage, render_image
@@ -143,3 +143,11 @@ def test_a_format_split_trains_on_train_and_holds_out_val(tiny_scene_dir: Path):
     np.testing.assert_array_equal(held.images, scene.images[6:])
     train_only, none, empty = split_holdout(scene, every=0)
     assert train_only.n_images == 6 and none is None and empty == []
+
+
+def test_scoring_renders_half_the_samples_and_never_fewer_than_the_samplers_need():
+    quick = scoring_render_config(RenderConfig(n_eval=48, n_importance=24, n_extra=12))
+    assert (quick.n_eval, quick.n_importance, quick.n_extra) == (24, 12, 6)
+    tiny = scoring_render_config(RenderConfig(n_eval=3, n_importance=1, n_extra=0))
+    assert (tiny.n_eval, tiny.n_importance, tiny.n_extra) == (3, 1, 0)
+    assert scoring_render_config(RenderConfig(n_importance=0, n_extra=5)).n_importance == 0
