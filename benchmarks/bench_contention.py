@@ -13,15 +13,15 @@ Two variants run one after the other in every scenario, so that load drifts on a
 touch both alike: ``recon`` (the command as shipped: recon sets ``OMP_WAIT_POLICY=PASSIVE``
 before torch loads, ``recon/__init__.py``, so threads sleep at once at every barrier) and
 ``torch-first`` (torch imported before recon, so libgomp keeps its default policy: spin, then
-sleep). ``spin10k`` is ``torch-first`` with ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep), ``active``
-the shipped command with ``OMP_WAIT_POLICY=ACTIVE``. Each variant's ratios
-are to its own alone rate. The scene is made in a subprocess, so that this process never imports
-recon and its fits inherit no policy from it.
+sleep). Two more can be asked for: ``spin10k``, ``torch-first`` with ``GOMP_SPINCOUNT=10000`` (a
+short spin, then sleep), and ``active``, the shipped command with ``OMP_WAIT_POLICY=ACTIVE``.
+Each variant's ratios are to its own alone rate. The scene is made in a subprocess, so that this
+process never imports recon and its fits inherit no policy from it.
 
 Run on a quiet machine (the alone rate must be alone):
     .venv/bin/python benchmarks/bench_contention.py [--scene DIR] [--window 100 250] [--repeats 1]
-        [--variants recon,torch-first,spin10k,active] [--env NAME=VALUE ...] [--scenarios alone,busy1,busy3,torch2,pair]
-        [section.key=value ...]
+        [--variants recon,torch-first,spin10k,active] [--env NAME=VALUE ...]
+        [--scenarios alone,busy1,busy3,torch2,pair] [section.key=value ...]
 ``--env`` sets variables for the fits of every variant (e.g. GOMP_SPINCOUNT=10000).
 """
 

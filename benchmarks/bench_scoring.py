@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from recon.config import RenderConfig  # noqa: E402
 from recon.datasets import load_data  # noqa: E402
 from recon.holdout import HoldoutScores, holdout_scores, scoring_render_config, split_holdout  # noqa: E402
 from recon.rays import RaySource  # noqa: E402
@@ -59,13 +60,14 @@ def held_out_rays(model: Model) -> RaySource:
 SAMPLE_COUNTS = {"eval": "n_eval", "imp": "n_importance", "extra": "n_extra"}
 
 
-def parse_variant(name: str, default_supersample: int) -> tuple[bool, int, int, dict[str, int]]:
-    """``full`` / ``occupancy[+chunkN][+ssS][+evalN][+impN][+extraN]`` -> (use the grid, chunk,
-    supersample, render sample counts to change)."""
+def parse_variant(name: str, default_supersample: int, render: RenderConfig) -> tuple[bool, int, int, RenderConfig]:
+    """``full`` / ``occupancy[+chunkN][+ssS][+scoring][+evalN][+impN][+extraN]`` -> (use the grid,
+    chunk, supersample, render settings: the run's, with recon's scoring counts under ``scoring``,
+    then any count the name sets)."""
     parts = name.split("+")
     if parts[0] not in ("full", "occupancy"):
         raise SystemExit(f"unknown variant {name!r}")
-    chunk, supersample, counts = SCORING_CHUNK, default_supersample, {}
+    chunk, supersample, scoring, counts = SCORING_CHUNK, default_supersample, False, {}
     for part in parts[1:]:
         prefix = part.rstrip("0123456789")
         if prefix == "chunk":
@@ -73,20 +75,19 @@ def parse_variant(name: str, default_supersample: int) -> tuple[bool, int, int, 
         elif prefix == "ss":
             supersample = int(part[len(prefix):])
         elif part == "scoring":
-            counts["scoring"] = 1
+            scoring = True
         elif prefix in SAMPLE_COUNTS:
             counts[SAMPLE_COUNTS[prefix]] = int(part[len(prefix):])
         else:
             raise SystemExit(f"unknown variant part {part!r} in {name!r}")
-    return parts[0] == "occupancy", chunk, supersample, counts
+    base = scoring_render_config(render) if scoring else render
+    return parts[0] == "occupancy", chunk, supersample, dataclasses.replace(base, **counts)
 
 
 def score_variant(model: Model, rays: RaySource, views: int, variant: str) -> tuple[float, list[HoldoutScores]]:
     """Seconds to render (and mark the grid, when used) the first ``views`` held-out views; their scores."""
-    use_grid, chunk, supersample, counts = parse_variant(variant, model.cfg.train.holdout_supersample)
     cfg = model.cfg
-    scoring = counts.pop("scoring", 0)
-    render_cfg = dataclasses.replace(scoring_render_config(cfg.render) if scoring else cfg.render, **counts)
+    use_grid, chunk, supersample, render_cfg = parse_variant(variant, cfg.train.holdout_supersample, cfg.render)
     start = time.perf_counter()
     occupancy = model.occupancy_grid() if use_grid else None
     scores = []
