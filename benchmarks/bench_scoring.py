@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="fitted run folders with held-out views")
     parser.add_argument("--views", type=int, default=0, help="score only the first N held-out views (0: all)")
-    parser.add_argument("--variants", default="full,occupancy", help="comma-separated (see the module's help)")
+    parser.add_argument("--variants", default="full,occupancy", help="comma-separated; each full or occupancy, then any of +chunkN, +ssS, +evalN, +impN, +extraN, +scoring (e.g. occupancy+scoring; the script's docstring says what each changes)")
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
     header = (f"{'run':<28} {'variant':<24} {'views':>5} {'seconds':>8} {'x fit':>6} {'PSNR':>7} {'IoU':>6} "
